@@ -1,0 +1,1 @@
+"""Pure numpy/torch core of napari-berdiff. Never imports napari or Qt."""

@@ -1,0 +1,179 @@
+"""The masked anomaly sampler (SPEC section 5, the paper's Algorithm 1) as a generator over steps.
+
+One sampler drives everything (widget, CLI, evaluation, tests). It runs a batch of binary codes
+``z`` (one per image) against a set of thresholds ``P_1..P_K`` in one batch: one trajectory per
+(image, P) pair, trajectory ``i = b * K + k``.
+
+Randomness: every trajectory owns a ``torch.Generator`` seeded from (image seed, P), so a
+trajectory's draws do not depend on which other images or thresholds share its batch. Batched
+results therefore equal one-by-one results under the same per-image seeds, except where the network
+itself returns slightly different floats for different batch sizes (convolution kernels may sum in
+another order) and a flip probability or a uniform draw lands within ~1e-7 of a threshold; the
+tests check agreement on a small model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generator, Sequence
+
+import numpy as np
+import torch
+
+from .schedule import BernoulliSchedule, step_grid
+
+FlipModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``model(z_t, t) -> eps_hat``: flip probabilities in [0,1]; ``t`` a (B,) LongTensor of 1-based steps."""
+
+
+@dataclass
+class SamplerStep:
+    """What the sampler yields after each network evaluation (tensors live on the work device).
+
+    ``index`` counts from 0 to ``n_steps - 1``; ``t`` is the step evaluated and ``s`` the step
+    sampled next (0 at the end). ``mask`` is the mask *after* this step's update, ``z_t`` the
+    code the network saw and ``eps_hat`` its flip probabilities. Consumers must copy what they keep.
+    """
+
+    index: int
+    n_steps: int
+    t: int
+    s: int
+    mask: torch.Tensor
+    z_t: torch.Tensor
+    eps_hat: torch.Tensor
+
+
+@dataclass
+class SamplerOutput:
+    """The sampler's return value: final codes, final masks and the masked fraction per trajectory."""
+
+    z0: torch.Tensor
+    mask: torch.Tensor
+    masked_fraction: torch.Tensor  # (B*K,) float: the image-level anomaly score (SPEC 5.6)
+    thresholds: torch.Tensor  # (B*K,) the P of each trajectory
+
+
+def trajectory_seed(image_seed: int, threshold: float) -> int:
+    """Seed of the trajectory for one (image, P) pair: independent of batch composition."""
+    p_key = int(round(float(threshold) * 1_000_000))
+    return int(np.random.SeedSequence([int(image_seed) & 0xFFFFFFFF, 0x5A3F, p_key & 0xFFFFFFFF])
+               .generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
+    gens = []
+    for sd in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(sd))
+        gens.append(g)
+    return gens
+
+
+def _rand_per_item(shape: tuple[int, ...], gens: list[torch.Generator], device, dtype) -> torch.Tensor:
+    """Uniform draws with one generator per leading item, so each item's stream is its own."""
+    return torch.stack([torch.rand(shape, generator=g, device=device, dtype=dtype) for g in gens])
+
+
+def masked_sampler(
+    model: FlipModel,
+    z: torch.Tensor,
+    schedule: BernoulliSchedule,
+    L: int,
+    thresholds: Sequence[float] | float = 0.5,
+    *,
+    steps: int | None = None,
+    seeds: Sequence[int] | int | torch.Generator = 0,
+    deterministic_last_step: bool = False,
+) -> Generator[SamplerStep, None, SamplerOutput]:
+    """Algorithm 1 over a batch of codes and thresholds; a generator yielding :class:`SamplerStep`.
+
+    Args:
+        model: maps ``(z_t, t)`` to flip probabilities ``eps_hat`` (sigmoid already applied).
+        z: (B, C, h, w) binary codes of the inputs (0/1 floats), e.g. Bernoulli samples of E(x).
+        L: noise level (1..T). ``steps`` (S, default L) evenly spaced steps with the exact
+            strided posterior.
+        thresholds: P values; P >= 1 never masks (output code == z), P <= 0 masks everything at
+            the first step (plain, unmasked partial diffusion).
+        seeds: one int per image, a single int (image b gets ``seed + b``), or a torch.Generator
+            from which per-image seeds are drawn.
+        deterministic_last_step: take ``x0_stitched > 0.5`` at the last step instead of sampling.
+
+    Returns (as the generator's return value) a :class:`SamplerOutput` whose trajectory
+    ``b * K + k`` belongs to image ``b`` and threshold ``k``.
+    """
+    if z.dim() != 4:
+        raise ValueError(f"z must be (B, C, h, w), got shape {tuple(z.shape)}")
+    L = int(L)
+    if not 1 <= L <= schedule.T:
+        raise ValueError(f"noise level L must lie in 1..{schedule.T}, got {L}")
+    grid = step_grid(L, steps)
+    p_list = [float(thresholds)] if np.isscalar(thresholds) else [float(p) for p in thresholds]
+    if not p_list:
+        raise ValueError("need at least one threshold P")
+    if any(np.isnan(p) for p in p_list):
+        raise ValueError("threshold P must not be NaN")
+    B, K = z.shape[0], len(p_list)
+    image_seeds = resolve_seeds(seeds, B)
+    device = z.device
+    work = torch.float32
+    with torch.inference_mode():
+        z_in = z.to(work).repeat_interleave(K, dim=0)  # (B*K, C, h, w), trajectory b*K + k
+        if not torch.all((z_in == 0) | (z_in == 1)):
+            raise ValueError("the input code z must be binary (0/1)")
+        thr = torch.tensor(p_list, dtype=work, device=device).repeat(B)
+        gens = _generators([trajectory_seed(image_seeds[i // K], p_list[i % K]) for i in range(B * K)], device)
+        thr4 = thr.view(-1, 1, 1, 1)
+        mask_all = thr4 <= 0
+        shape = tuple(z_in.shape[1:])
+        # z_L = z XOR Bernoulli((1 - abar_L)/2)
+        u = _rand_per_item(shape, gens, device, work)
+        z_t = (z_in + (u < schedule.flip_probability(L)).to(work)) % 2
+        mask = torch.zeros_like(z_in, dtype=torch.bool)
+    n = len(grid) - 1
+    for i in range(n):
+        t, s = grid[i], grid[i + 1]
+        with torch.inference_mode():
+            t_vec = torch.full((B * K,), t, dtype=torch.long, device=device)
+            eps_hat = model(z_t, t_vec).to(work)
+            x0_hat = (z_t - eps_hat).abs()
+            mask = mask | (eps_hat > thr4) | mask_all
+            x0_st = torch.where(mask, x0_hat, z_in)
+            if s > 0:
+                prob = schedule.posterior(z_t, x0_st, t, s)
+            else:
+                prob = x0_st
+            if s == 0 and deterministic_last_step:
+                z_next = (prob > 0.5).to(work)
+            else:
+                u = _rand_per_item(shape, gens, device, work)
+                z_next = (u < prob).to(work)
+        yield SamplerStep(index=i, n_steps=n, t=t, s=s, mask=mask, z_t=z_t, eps_hat=eps_hat)
+        z_t = z_next
+    with torch.inference_mode():
+        frac = mask.flatten(1).float().mean(dim=1)
+    return SamplerOutput(z0=z_t, mask=mask, masked_fraction=frac, thresholds=thr)
+
+
+def resolve_seeds(seeds: Sequence[int] | int | torch.Generator, n: int) -> list[int]:
+    """Per-image integer seeds from an int (``seed + b``), a sequence, or a torch.Generator."""
+    if isinstance(seeds, torch.Generator):
+        return [int(v) for v in torch.randint(0, 2**62, (n,), generator=seeds).tolist()]
+    if isinstance(seeds, (int, np.integer)):
+        return [int(seeds) + b for b in range(n)]
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} seeds for {n} images")
+    return seeds
+
+
+def run_sampler(gen: Generator[SamplerStep, None, SamplerOutput],
+                on_step: Callable[[SamplerStep], None] | None = None) -> SamplerOutput:
+    """Drive a sampler generator to the end (optionally calling ``on_step``) and return its output."""
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_step is not None:
+            on_step(step)

@@ -1,0 +1,136 @@
+"""Schedule, forward process and posterior against the test vectors of SPEC sections 1-3."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_berdiff.core.schedule import BernoulliSchedule, linear_betas, step_grid
+
+SCHED = BernoulliSchedule()
+CORNERS_Z = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+CORNERS_X = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "t, expected",
+    [(1, 0.9999), (10, 0.9981052048), (100, 0.8970181457), (200, 0.6590385082),
+     (500, 0.07858724288), (1000, 4.035829765e-05)],
+)
+def test_abar_reference_values(t, expected):
+    assert SCHED.abar[t] == pytest.approx(expected, rel=1e-9)
+
+
+def test_schedule_conventions():
+    betas = linear_betas()
+    assert betas.dtype == np.float64 and len(betas) == 1000
+    assert betas[0] == 1e-4 and betas[-1] == 0.02
+    assert SCHED.abar[0] == 1.0 and len(SCHED.abar) == 1001
+
+
+@pytest.mark.parametrize(
+    "t, row",
+    [
+        (1, [0, 1, 0, 1]),
+        (2, [0.0000000030, 0.5452915002, 0.4547084998, 0.9999999970]),
+        (10, [0.0000001129, 0.1472737656, 0.8527262344, 0.9999998871]),
+        (200, [0.0004143243, 0.0099034179, 0.9900965821, 0.9995856757]),
+        (1000, [0.0099991846, 0.0100008154, 0.9899991846, 0.9900008154]),
+    ],
+)
+def test_posterior_ordinary_step_vectors(t, row):
+    got = SCHED.posterior(CORNERS_Z, CORNERS_X, t)
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), row, atol=1e-8, rtol=0)
+
+
+def test_posterior_non_binary_x0():
+    z = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    x = torch.tensor([0.3, 0.3], dtype=torch.float64)
+    np.testing.assert_allclose(SCHED.posterior(z, x, 200).numpy(), [0.9965101214, 0.0011824572], atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "t, s, row, cont",
+    [
+        (200, 190, [0.0036967611, 0.0965148591, 0.9034851409, 0.9963032389], 0.9662195325),
+        (200, 100, [0.0082340370, 0.7380312089, 0.2619687911, 0.9917659630], 0.7552279997),
+        (20, 10, [0.0000018440, 0.6721958831, 0.3278041169, 0.9999981560], None),
+    ],
+)
+def test_posterior_strided_vectors(t, s, row, cont):
+    np.testing.assert_allclose(SCHED.posterior(CORNERS_Z, CORNERS_X, t, s).numpy(), row, atol=1e-8, rtol=0)
+    if cont is not None:
+        got = SCHED.posterior(torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64), t, s)
+        assert float(got) == pytest.approx(cont, abs=1e-8)
+
+
+def test_posterior_per_item_steps_match_scalar_steps():
+    z = CORNERS_Z.repeat(2)
+    x = CORNERS_X.repeat(2)
+    t = torch.tensor([200] * 4 + [20] * 4)
+    s = torch.tensor([190] * 4 + [10] * 4)
+    got = SCHED.posterior(z.view(8, 1), x.view(8, 1), t, s).view(-1)
+    ref = torch.cat([SCHED.posterior(CORNERS_Z, CORNERS_X, 200, 190), SCHED.posterior(CORNERS_Z, CORNERS_X, 20, 10)])
+    torch.testing.assert_close(got, ref)
+
+
+def test_posterior_rejects_s_not_below_t():
+    with pytest.raises(ValueError):
+        SCHED.posterior(CORNERS_Z, CORNERS_X, 10, 10)
+    with pytest.raises(ValueError):
+        SCHED.posterior(CORNERS_Z, CORNERS_X, 1001)
+
+
+def test_forward_process_is_symmetric_and_has_the_paper_flip_rate():
+    g = torch.Generator().manual_seed(0)
+    n = 400_000
+    z0 = torch.cat([torch.zeros(n // 2), torch.ones(n // 2)])
+    zt = SCHED.q_sample(z0, 200, generator=g)
+    expected = (1 - SCHED.abar[200]) / 2  # 0.1705
+    flips_from_0 = zt[: n // 2].mean().item()
+    flips_from_1 = 1 - zt[n // 2 :].mean().item()
+    tol = 4 * np.sqrt(expected * (1 - expected) / (n // 2))
+    assert abs(flips_from_0 - expected) < tol  # zeros do flip on (unlike the released code)
+    assert abs(flips_from_1 - expected) < tol
+
+
+def test_two_jumps_give_the_same_flip_rate_as_one():
+    g = torch.Generator().manual_seed(1)
+    n = 400_000
+    z0 = (torch.rand(n, generator=g) < 0.5).float()
+    one = SCHED.q_sample(z0, 300, generator=g)
+    zs = SCHED.q_sample(z0, 120, generator=g)
+    two = SCHED.q_sample(zs, 300, generator=g, s=120)
+    p = SCHED.flip_probability(300)
+    tol = 4 * np.sqrt(p * (1 - p) / n)
+    assert abs((one != z0).float().mean().item() - p) < tol
+    assert abs((two != z0).float().mean().item() - p) < tol
+    # the composed probability is exact: (1 - a_ts)/2 combined with (1 - a_s)/2 gives (1 - a_t)/2
+    p_s, p_ts = SCHED.flip_probability(120), SCHED.flip_probability(300, 120)
+    assert p_s * (1 - p_ts) + (1 - p_s) * p_ts == pytest.approx(p, abs=1e-12)
+
+
+def test_q_sample_per_item_steps_and_generator_determinism():
+    z0 = torch.zeros(3, 1000)
+    t = torch.tensor([1, 500, 1000])
+    a = SCHED.q_sample(z0, t, generator=torch.Generator().manual_seed(5))
+    b = SCHED.q_sample(z0, t, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    rates = a.mean(dim=1)
+    assert rates[0] < 0.01 and 0.4 < rates[1] < 0.5 and 0.45 < rates[2] < 0.55
+
+
+def test_step_grid():
+    assert step_grid(5) == [5, 4, 3, 2, 1, 0]
+    g = step_grid(200, 20)
+    assert g[0] == 200 and g[-1] == 0 and len(g) == 21 and all(np.diff(g) == -10)
+    g = step_grid(200, 7)
+    assert len(g) == 8 and all(np.diff(g) < 0)
+    with pytest.raises(ValueError):
+        step_grid(10, 11)
+    with pytest.raises(ValueError):
+        step_grid(0)
+
+
+def test_schedule_roundtrip():
+    assert BernoulliSchedule.from_dict(SCHED.to_dict()) == SCHED
