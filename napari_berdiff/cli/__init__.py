@@ -1,0 +1,50 @@
+"""The ``berdiff`` command line. Each subcommand lives in its own module with a ``register``
+function adding its parser; heavy imports (torch, models) happen inside the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from . import cmd_configs, cmd_inspect
+
+# modules exposing register(subparsers); later subcommands append themselves here
+COMMANDS = [cmd_configs, cmd_inspect]
+
+
+class CLIError(Exception):
+    """An error to report as one line on stderr with exit status 2 (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="berdiff",
+        description="Masked Bernoulli latent diffusion for unsupervised anomaly detection "
+        "(Wolleb et al., MICCAI 2024).",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-berdiff {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for mod in COMMANDS:
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("berdiff: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"berdiff {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
