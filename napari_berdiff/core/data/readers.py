@@ -1,0 +1,334 @@
+"""Readers for NIfTI volumes, BraTS cases and 2D images, into plain numpy arrays.
+
+Pure numpy / nibabel / scikit-image: no napari, Qt or torch. Every failure a user can cause
+(a missing, truncated or corrupt file, NaNs, a wrong shape) raises :class:`DataError`, whose
+message names the offending file.
+
+Conventions (SPEC section 9):
+
+* BraTS channel order is :data:`BRATS_MODALITIES` = ``("flair", "t1", "t1ce", "t2")`` everywhere.
+* Volumes keep nibabel's array order ``(X, Y, Z)``; axial slices are ``volume[..., z]``
+  (index 0 at the bottom), returned untransposed.
+* :func:`normalize_volume` maps each channel to [0, 1]: clip to the ``[low, high]`` percentiles
+  (default 0.5 and 99.5) of that channel's nonzero (brain) voxels, scale linearly, and keep the
+  background (voxels that are exactly 0) at 0.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .geometry import (Transform2D, pad_or_crop_2d, plan_fit_square, plan_pad_or_crop,
+                       plan_resize, resize_2d)
+
+__all__ = [
+    "DataError",
+    "BRATS_MODALITIES",
+    "IMAGE_EXTENSIONS",
+    "NIFTI_EXTENSIONS",
+    "load_nifti",
+    "find_brats_case",
+    "load_brats_case",
+    "load_image_2d",
+    "normalize_volume",
+    "is_nifti",
+    "is_image",
+    # re-exported from .geometry
+    "Transform2D",
+    "pad_or_crop_2d",
+    "resize_2d",
+    "plan_pad_or_crop",
+    "plan_resize",
+    "plan_fit_square",
+]
+
+BRATS_MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
+NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NAN_POLICIES = ("raise", "zero")
+
+
+class DataError(ValueError):
+    """A user-facing data problem; ``str(err)`` always names the file (``err.path``)."""
+
+    def __init__(self, path: str | Path | None, message: str):
+        self.path = Path(path) if path is not None else None
+        self.reason = message
+        where = f" [file: {self.path}]" if self.path is not None else ""
+        super().__init__(f"{message}{where}")
+
+    def __reduce__(self):  # picklable across worker processes
+        return (type(self), (self.path, self.reason))
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_EXTENSIONS)
+
+
+def is_image(path: str | Path) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _check_file(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(p, f"{what} not found: {p.name}")
+    if not p.is_file():
+        raise DataError(p, f"{what} is not a file: {p.name}")
+    return p
+
+
+# ----------------------------------------------------------------------------- NIfTI
+
+
+def load_nifti(path: str | Path, *, nan_policy: str = "raise",
+               ndim: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read a NIfTI file into ``(data float32, affine (4, 4) float64, header dict)``.
+
+    ``nan_policy``: ``"raise"`` (default) refuses NaN/Inf values with a :class:`DataError` that
+    counts them; ``"zero"`` replaces them with 0. ``ndim``: require this many dimensions
+    (trailing singleton axes beyond it are squeezed, so ``(X, Y, Z, 1)`` passes as 3D).
+    The header dict has ``path``, ``shape``, ``zooms``, ``dtype`` (on disk), ``units``,
+    ``descrip``, ``nan_count`` and ``nibabel`` (the raw nibabel header).
+    """
+    import nibabel as nib
+
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    p = _check_file(path, "NIfTI file")
+    try:
+        img = nib.load(str(p))
+    except Exception as e:  # ImageFileError, BadGzipFile, OSError, EOFError, ...
+        raise DataError(p, f"cannot read {p.name} as NIfTI (corrupt or not a NIfTI file: "
+                           f"{type(e).__name__}: {e})") from e
+    try:
+        data = img.get_fdata(dtype=np.float32, caching="unchanged")
+    except Exception as e:  # truncated gzip -> EOFError / zlib.error; short file -> ValueError
+        raise DataError(p, f"cannot read the voxel data of {p.name} (truncated or corrupt file: "
+                           f"{type(e).__name__}: {e})") from e
+    data = np.asarray(data, dtype=np.float32)
+    if ndim is not None:
+        while data.ndim > ndim and data.shape[-1] == 1:
+            data = data[..., 0]
+        if data.ndim != ndim:
+            raise DataError(p, f"{p.name} has shape {tuple(data.shape)}: expected a {ndim}D image")
+    finite = np.isfinite(data)
+    n_bad = int(data.size - np.count_nonzero(finite))
+    if n_bad:
+        n_nan = int(np.count_nonzero(np.isnan(data)))
+        if nan_policy == "raise":
+            raise DataError(p, f"{p.name} contains {n_bad} non-finite values (NaN: {n_nan}, "
+                               f"Inf: {n_bad - n_nan}) out of {data.size}; pass nan_policy='zero' "
+                               "to replace them with 0")
+        data = np.where(finite, data, np.float32(0))
+    affine = img.affine
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    hdr = img.header
+    try:
+        units = tuple(hdr.get_xyzt_units())
+    except Exception:
+        units = ("unknown", "unknown")
+    try:
+        descrip = hdr["descrip"].item().decode("latin-1", "replace").strip("\x00 ")
+    except Exception:
+        descrip = ""
+    header = {
+        "path": str(p),
+        "shape": tuple(int(s) for s in data.shape),
+        "zooms": tuple(float(z) for z in hdr.get_zooms()),
+        "dtype": str(hdr.get_data_dtype()),
+        "units": units,
+        "descrip": descrip,
+        "nan_count": n_bad,
+        "nibabel": hdr,
+    }
+    return data, affine, header
+
+
+# ----------------------------------------------------------------------------- BraTS
+
+_BRATS_RE = re.compile(r"^(?P<case>.+?)_(?P<mod>flair|t1ce|t1|t2|seg)(?P<ext>\.nii(?:\.gz)?)$",
+                       re.IGNORECASE)
+
+
+def find_brats_case(folder: str | Path, *, require_seg: bool = False) -> dict[str, Path]:
+    """Locate a BraTS case's files: ``{"flair", "t1", "t1ce", "t2"[, "seg"]} -> path``.
+
+    Accepts ``<case>_<modality>.nii.gz`` or ``.nii`` (BraTS2020 ``BraTS20_Training_NNN_*``,
+    BraTS2021 ``BraTS2021_NNNNN_*``); a segmentation under another name containing "seg" (as in
+    BraTS2020 case 355) is found too. A missing modality raises :class:`DataError` naming the
+    expected file.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(root, f"BraTS case folder not found: {root}")
+    found: dict[str, list[Path]] = {}
+    prefixes: Counter[str] = Counter()
+    exts: Counter[str] = Counter()
+    leftovers = []
+    for f in sorted(root.iterdir()):
+        if not f.is_file():
+            continue
+        m = _BRATS_RE.match(f.name)
+        if m is None:
+            if is_nifti(f):
+                leftovers.append(f)
+            continue
+        found.setdefault(m["mod"].lower(), []).append(f)
+        prefixes[m["case"]] += 1
+        exts[m["ext"].lower()] += 1
+    if "seg" not in found:
+        segs = [f for f in leftovers if "seg" in f.name.lower()]
+        if len(segs) == 1:
+            found["seg"] = segs
+    prefix = prefixes.most_common(1)[0][0] if prefixes else root.name
+    ext = exts.most_common(1)[0][0] if exts else ".nii.gz"
+    out: dict[str, Path] = {}
+    for mod in BRATS_MODALITIES + ("seg",):
+        files = found.get(mod, [])
+        if not files:
+            if mod != "seg" or require_seg:
+                expected = root / f"{prefix}_{mod}{ext}"
+                raise DataError(expected, f"missing BraTS modality '{mod}': expected "
+                                          f"{expected.name} in {root}")
+            continue
+        if len(files) > 1:
+            names = ", ".join(f.name for f in files)
+            raise DataError(files[0], f"ambiguous BraTS modality '{mod}' in {root}: {names}")
+        out[mod] = files[0]
+    return out
+
+
+def load_brats_case(folder: str | Path, *, nan_policy: str = "raise", require_seg: bool = False,
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Load a BraTS case folder: ``(volume (4, X, Y, Z) float32, seg (X, Y, Z) uint8 | None,
+    affine)``, channels in :data:`BRATS_MODALITIES` order, raw intensities (not normalised).
+
+    The segmentation keeps the raw BraTS labels (0, 1, 2, 4); ``seg > 0`` is the tumour mask.
+    """
+    files = find_brats_case(folder, require_seg=require_seg)
+    vol = None
+    affine = None
+    ref = None
+    for c, mod in enumerate(BRATS_MODALITIES):
+        data, aff, _ = load_nifti(files[mod], nan_policy=nan_policy, ndim=3)
+        if vol is None:
+            vol = np.empty((len(BRATS_MODALITIES),) + data.shape, dtype=np.float32)
+            affine, ref = aff, files[mod]
+        elif data.shape != vol.shape[1:]:
+            raise DataError(files[mod], f"{files[mod].name} has shape {data.shape}, but "
+                                        f"{ref.name} has {vol.shape[1:]}")
+        vol[c] = data
+    seg = None
+    if "seg" in files:
+        s, _, _ = load_nifti(files["seg"], nan_policy=nan_policy, ndim=3)
+        if s.shape != vol.shape[1:]:
+            raise DataError(files["seg"], f"{files['seg'].name} has shape {s.shape}, but "
+                                          f"{ref.name} has {vol.shape[1:]}")
+        r = np.rint(s)
+        if np.any(np.abs(s - r) > 1e-3) or r.min() < 0 or r.max() > 255:
+            raise DataError(files["seg"], f"{files['seg'].name} is not a label image "
+                                          "(expected integers 0..255)")
+        seg = r.astype(np.uint8)
+    return vol, seg, affine
+
+
+# ----------------------------------------------------------------------------- 2D images
+
+_GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], dtype=np.float64)  # as skimage.color.rgb2gray
+
+
+def load_image_2d(path: str | Path, *, gray: bool = True) -> np.ndarray:
+    """Read a PNG / JPEG / TIFF / BMP image as float32 in [0, 1].
+
+    Integer images are scaled by their dtype's range (8-bit / 255, 16-bit / 65535); float images
+    already within [0, 1] are kept, others are min-max scaled. With ``gray=True`` (default) RGB(A)
+    is converted to gray with the ITU-R 709 weights (alpha dropped) and the result is ``(H, W)``;
+    with ``gray=False`` colour images are ``(H, W, 3)`` and gray ones ``(H, W)``.
+    """
+    p = _check_file(path, "image file")
+    try:
+        from skimage import io as skio
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = np.asarray(skio.imread(str(p)))
+    except Exception as e:
+        raise DataError(p, f"cannot read {p.name} as an image (corrupt or unsupported: "
+                           f"{type(e).__name__}: {e})") from e
+    if arr.dtype == object or arr.size == 0:
+        raise DataError(p, f"cannot read {p.name} as an image (no pixel data)")
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    colour = arr.ndim == 3 and arr.shape[-1] in (3, 4)
+    if arr.ndim == 3 and arr.shape[-1] == 2:  # gray + alpha
+        arr, colour = arr[..., 0], False
+    if not (arr.ndim == 2 or colour):
+        raise DataError(p, f"{p.name} has shape {arr.shape}: expected a single 2D image")
+    x = _to_unit_range(arr, p)
+    if colour:
+        x = x[..., :3]
+        if gray:
+            x = x @ _GRAY_WEIGHTS
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def _to_unit_range(arr: np.ndarray, p: Path) -> np.ndarray:
+    if arr.dtype == bool:
+        return arr.astype(np.float64)
+    if np.issubdtype(arr.dtype, np.unsignedinteger):
+        return arr.astype(np.float64) / float(np.iinfo(arr.dtype).max)
+    x = arr.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        raise DataError(p, f"{p.name} contains non-finite pixel values")
+    if np.issubdtype(arr.dtype, np.floating) and x.min() >= 0.0 and x.max() <= 1.0:
+        return x
+    lo, hi = float(x.min()), float(x.max())  # signed integers / out-of-range floats
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def normalize_volume(vol: np.ndarray, low: float = 0.5, high: float = 99.5, *,
+                     channel_axis: int | None = 0, mask: np.ndarray | None = None,
+                     return_stats: bool = False):
+    """Robust per-channel normalisation to [0, 1].
+
+    For each channel: take the voxels that are nonzero (the brain; or ``mask`` when given), find
+    their ``low`` and ``high`` percentiles (defaults 0.5 and 99.5), map ``[p_low, p_high]``
+    linearly onto [0, 1] and clip; voxels outside the foreground are set to 0. A channel without
+    foreground is all zeros; a constant foreground maps to 1. ``channel_axis=None`` treats the
+    whole array as one channel. Returns float32 of the same shape (and, with
+    ``return_stats=True``, a list of ``(p_low, p_high)`` per channel).
+    """
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
+    x = np.asarray(vol, dtype=np.float32)
+    moved = x[None] if channel_axis is None else np.moveaxis(x, channel_axis, 0)
+    out = np.zeros(moved.shape, dtype=np.float32)
+    stats = []
+    for c in range(moved.shape[0]):
+        v = moved[c]
+        fg = (v != 0) if mask is None else np.asarray(mask, dtype=bool)
+        vals = v[fg]
+        if vals.size == 0:
+            stats.append((0.0, 0.0))
+            continue
+        lo, hi = (float(q) for q in np.percentile(vals, [low, high]))
+        stats.append((lo, hi))
+        if hi > lo:
+            o = (v - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+            np.clip(o, 0.0, 1.0, out=o)
+        else:
+            o = np.ones_like(v)
+        o[~fg] = 0.0
+        out[c] = o
+    out = out[0] if channel_axis is None else np.moveaxis(out, 0, channel_axis)
+    return (out, stats) if return_stats else out
