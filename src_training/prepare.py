@@ -266,65 +266,10 @@ def prepare_folder(src_root: str | Path, out_dir: str | Path, *, image_size: int
 # ----------------------------------------------------------------------------- CLI
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m src_training.prepare", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="kind", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("src")
-    common.add_argument("out")
-    common.add_argument("--image-size", type=int, default=256)
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--overwrite", action="store_true")
-    common.add_argument("--workers", type=int, default=0)
-    common.add_argument("--quiet", action="store_true")
-    b = sub.add_parser("brats", parents=[common], help="BraTS2020/2021 case folders")
-    b.add_argument("--split", type=float, nargs=3, default=(0.7, 0.1, 0.2))
-    b.add_argument("--drop-bottom", type=int, default=80)
-    b.add_argument("--drop-top", type=int, default=26)
-    o = sub.add_parser("oct", parents=[common], help="OCT2017 class folders")
-    o.add_argument("--keep-aspect", action="store_true")
-    o.add_argument("--val-fraction", type=float, default=0.1)
-    o.add_argument("--max-per-class", type=int, default=None)
-    f = sub.add_parser("folder", parents=[common], help="any folder of NIfTI volumes or images")
-    f.add_argument("--channels", type=int, default=1)
-    f.add_argument("--keep-aspect", action="store_true")
-    f.add_argument("--val-fraction", type=float, default=0.0)
-    f.add_argument("--drop-bottom", type=int, default=0)
-    f.add_argument("--drop-top", type=int, default=0)
-    for p in (b, f):
-        p.add_argument("--nan-policy", choices=("raise", "zero"), default="raise")
-        p.add_argument("--skip-bad", action="store_true")
-    return ap
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    common = dict(seed=a.seed, image_size=a.image_size, overwrite=a.overwrite,
-                  workers=a.workers, show_progress=not a.quiet)
-    try:
-        if a.kind == "brats":
-            meta = prepare_brats(a.src, a.out, split=tuple(a.split), drop_bottom=a.drop_bottom,
-                                 drop_top=a.drop_top, nan_policy=a.nan_policy,
-                                 skip_bad=a.skip_bad, **common)
-        elif a.kind == "oct":
-            meta = prepare_oct(a.src, a.out, keep_aspect=a.keep_aspect,
-                               val_fraction=a.val_fraction, max_per_class=a.max_per_class,
-                               **common)
-        else:
-            meta = prepare_folder(a.src, a.out, channels=a.channels, keep_aspect=a.keep_aspect,
-                                  val_fraction=a.val_fraction, drop_bottom=a.drop_bottom,
-                                  drop_top=a.drop_top, nan_policy=a.nan_policy,
-                                  skip_bad=a.skip_bad, **common)
-    except (DataError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {meta['out_dir']}")
-    for s, c in meta["counts"].items():
-        print(f"  {s:5s}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
-    for d in meta.get("skipped", []):
-        print(f"  skipped {d['case']}: {d['error']}")
-    return 0
+    from src_training.prepare_cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -321,3 +321,18 @@ def test_cli_oct(oct_tree, tmp_path, capsys):
     assert main(["oct", str(oct_tree), str(tmp_path / "c"), "--image-size", "32", "--quiet"]) == 0
     assert "train" in capsys.readouterr().out
     assert (tmp_path / "c" / "meta.json").is_file()
+
+
+def test_berdiff_prepare_brats_cli(brats_tree, tmp_path):
+    """The command line as a user calls it: prepared output, then a refusal to overwrite it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "prep"
+    cmd = [sys.executable, "-m", "napari_berdiff.cli", "prepare-brats", str(brats_tree), str(out),
+           "--image-size", "48", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and (out / "meta.json").is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "exists" in again.stderr and "Traceback" not in again.stderr

@@ -7,10 +7,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import cmd_configs, cmd_inspect
+from . import cmd_configs, cmd_inspect, cmd_prepare
 
 # modules exposing register(subparsers); later subcommands append themselves here
-COMMANDS = [cmd_configs, cmd_inspect]
+COMMANDS = [cmd_configs, cmd_inspect, cmd_prepare]
 
 
 class CLIError(Exception):
