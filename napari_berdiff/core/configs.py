@@ -201,14 +201,14 @@ PRESETS: dict[str, Preset] = {
         unet=UNetConfig(),
     ),
     "small": Preset(
-        description="bundled CPU models: 128x128 image -> 32 bits x 16x16; AE ~1.1M, U-Net ~4.5M params",
+        description="bundled CPU models: 128x128 image -> 64 bits x 16x16; AE ~0.9M, U-Net ~2.6M params",
         autoencoder=AutoencoderConfig(
-            image_size=128, nf=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1,
-            latent_channels=32, z_channels=64, norm_groups=16, disc_channels=32,
+            image_size=128, nf=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1,
+            latent_channels=64, z_channels=64, norm_groups=8, disc_channels=32,
         ),
         unet=UNetConfig(
-            latent_channels=32, latent_size=16, model_channels=64, channel_mult=(1, 2, 2),
-            num_res_blocks=1, attention_resolutions=(8,), time_embed_dim=256, norm_groups=32,
+            latent_channels=64, latent_size=16, model_channels=48, channel_mult=(1, 2, 2),
+            num_res_blocks=1, attention_resolutions=(8,), time_embed_dim=192, norm_groups=16,
         ),
     ),
     "tiny": Preset(
