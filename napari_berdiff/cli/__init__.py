@@ -7,10 +7,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import cmd_configs, cmd_inspect, cmd_prepare
+from . import cmd_configs, cmd_inspect, cmd_prepare, cmd_train
 
 # modules exposing register(subparsers); later subcommands append themselves here
-COMMANDS = [cmd_configs, cmd_inspect, cmd_prepare]
+COMMANDS = [cmd_configs, cmd_inspect, cmd_prepare, cmd_train]
 
 
 class CLIError(Exception):

@@ -1,0 +1,136 @@
+"""``berdiff train-ae`` and ``berdiff train-diffusion``: train the two networks on a prepared
+dataset directory (``python -m src_training.prepare ...``).
+
+Both write into ``--out``: ``last.pt`` (every ``--ckpt-every`` steps; rerunning the same command
+continues from it), ``log.jsonl``, ``loss.png``, ``samples/`` and at the end the model file
+(``autoencoder.pt`` / ``model.pt``, EMA weights) that the napari widget and ``berdiff`` load.
+
+Several processes (one per GPU, or CPU processes with gloo) through torchrun::
+
+    torchrun --nproc_per_node=2 -m napari_berdiff.cli train-ae DATA --out DIR [options]
+    torchrun --nproc_per_node=2 -m src_training.train_autoencoder DATA --out DIR [options]
+
+(the same for ``train-diffusion`` / ``src_training.train_diffusion``). ``--batch-size`` is per
+process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..core.configs import PRESETS
+
+
+def _common(p: argparse.ArgumentParser, *, steps: int, batch: int, lr: float, ema: float,
+            sample_every: int) -> None:
+    p.add_argument("data", help="prepared dataset directory (healthy training slices)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, logs, samples)")
+    p.add_argument("--steps", type=int, default=steps,
+                   help=f"total optimisation steps (default {steps})")
+    p.add_argument("--batch-size", type=int, default=batch, help=f"per process (default {batch})")
+    p.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr:g})")
+    p.add_argument("--ema", type=float, default=ema, help=f"EMA decay (default {ema})")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                   help="mixed precision on CUDA (auto: bf16 where supported, else fp16)")
+    r = p.add_mutually_exclusive_group()
+    r.add_argument("--resume", metavar="CKPT", default=None,
+                   help="continue from this checkpoint (default: OUT/last.pt when it exists)")
+    r.add_argument("--no-resume", action="store_true",
+                   help="start afresh even when OUT/last.pt exists (it is overwritten)")
+    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints (1000)")
+    p.add_argument("--log-every", type=int, default=50, help="steps between log lines (50)")
+    p.add_argument("--sample-every", type=int, default=sample_every,
+                   help=f"steps between sample grids ({sample_every})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--hflip", action="store_true", help="random left-right flips of the training slices")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(sub) -> None:
+    presets = sorted(PRESETS)
+    p = sub.add_parser("train-ae", help="train the binarizing autoencoder on healthy images",
+                       description="Train the binarizing autoencoder (stage 1) on the healthy "
+                       "training slices of a prepared directory.")
+    _common(p, steps=12000, batch=6, lr=1.08e-4, ema=0.995, sample_every=1000)
+    p.add_argument("--config", default="small", choices=presets, help="model size (default small)")
+    p.add_argument("--rec-loss", default="l1", choices=("l1", "mse"), help="reconstruction loss (l1)")
+    p.add_argument("--gan-start", type=int, default=30001,
+                   help="first step with the adversarial loss (default 30001, as the released code)")
+    p.add_argument("--disc-weight", type=float, default=1.0,
+                   help="factor on the adaptive adversarial weight; 0: no discriminator (1.0)")
+    p.add_argument("--disc-lr", type=float, default=None, help="discriminator lr (default: --lr)")
+    p.add_argument("--lpips", default="off", choices=("off", "auto", "on"),
+                   help="perceptual loss: auto uses LPIPS when its weights are on disk (never "
+                   "downloads), on requires them (default off)")
+    p.add_argument("--lpips-weight", type=float, default=1.0)
+    p.set_defaults(func=run_ae)
+
+    q = sub.add_parser("train-diffusion",
+                       help="train the Bernoulli diffusion U-Net on a trained autoencoder's codes",
+                       description="Train the Bernoulli diffusion U-Net (stage 2) in the binary "
+                       "latent space of a frozen autoencoder checkpoint.")
+    _common(q, steps=200000, batch=32, lr=1e-4, ema=0.999, sample_every=2000)
+    q.add_argument("--ae", required=True, help="autoencoder checkpoint (OUT/autoencoder.pt of train-ae)")
+    q.add_argument("--config", default=None, choices=presets,
+                   help="U-Net size (default: the preset of the autoencoder)")
+    q.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0)")
+    q.add_argument("--sample-L", type=int, default=200, help="noise level of the sample grids (200)")
+    q.set_defaults(func=run_diffusion)
+
+
+def _dataset(args):
+    from pathlib import Path
+
+    from src_training.datasets import PreparedDataset
+    from src_training.stage_common import meta_from_prepared
+
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"prepared dataset directory not found: {args.data}")
+    ds = PreparedDataset(args.data, hflip=args.hflip)
+    return ds, meta_from_prepared(ds.meta, args.data)
+
+
+def _loop_kwargs(args) -> dict:
+    return dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema=args.ema,
+                device=args.device, amp=args.amp,
+                resume=False if args.no_resume else args.resume, ckpt_every=args.ckpt_every,
+                log_every=args.log_every, sample_every=args.sample_every, seed=args.seed,
+                num_workers=args.num_workers, threads=args.threads, progress=not args.quiet)
+
+
+def _run(train, *a, **kw) -> int:
+    from src_training.distributed import cleanup
+    from src_training.train_state import TrainingInterrupted
+
+    try:
+        path = train(*a, **kw)
+    except TrainingInterrupted as err:  # the loop has saved and said where
+        return 143 if err.reason == "SIGTERM" else 130
+    finally:
+        cleanup()
+    if os.environ.get("RANK", "0") == "0":  # one line under torchrun too
+        print(path)
+    return 0
+
+
+def run_ae(args) -> int:
+    from src_training.train_autoencoder import train_autoencoder
+
+    ds, meta = _dataset(args)
+    return _run(train_autoencoder, ds, args.out, preset=args.config, rec_loss=args.rec_loss,
+                gan_start=args.gan_start, disc_weight=args.disc_weight, disc_lr=args.disc_lr,
+                lpips=args.lpips, lpips_weight=args.lpips_weight, meta=meta, **_loop_kwargs(args))
+
+
+def run_diffusion(args) -> int:
+    from src_training.train_diffusion import train_diffusion
+
+    ds, meta = _dataset(args)
+    # the autoencoder checkpoint's meta is carried forward; the data's fills in what it lacks
+    return _run(train_diffusion, ds, args.ae, args.out, preset=args.config,
+                weight_decay=args.weight_decay, sample_L=args.sample_L, meta_defaults=meta,
+                **_loop_kwargs(args))
