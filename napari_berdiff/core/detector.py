@@ -24,7 +24,7 @@ import torch
 from . import preprocess
 from .checkpoint import Checkpoint, load_checkpoint
 from .device import resolve_device
-from .sampler import SamplerStep, masked_sampler, resolve_seeds
+from .sampler import SamplerStep, drive, masked_sampler, resolve_seeds
 from .schedule import BernoulliSchedule
 
 NORMALIZE_MODES = ("auto", "percentile", "none")
@@ -93,14 +93,7 @@ class Detector:
     def detect(self, images, **kwargs) -> DetectionResult:
         """Run :meth:`iter_detect` to the end; ``progress`` may be a callable taking DetectProgress."""
         progress: Callable[[DetectProgress], None] | None = kwargs.pop("progress", None)
-        gen = self.iter_detect(images, **kwargs)
-        while True:
-            try:
-                tick = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if progress is not None:
-                progress(tick)
+        return drive(self.iter_detect(images, **kwargs), progress)
 
     def detect_volume(self, volume, slice_axis: int = -1, slices: Sequence[int] | None = None,
                       **kwargs) -> DetectionResult:

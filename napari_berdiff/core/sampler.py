@@ -167,13 +167,18 @@ def resolve_seeds(seeds: Sequence[int] | int | torch.Generator, n: int) -> list[
     return seeds
 
 
+def drive(gen: Generator, on_item: Callable | None = None):
+    """Run any generator to the end, calling ``on_item`` on each yielded item; return its value."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_item is not None:
+            on_item(item)
+
+
 def run_sampler(gen: Generator[SamplerStep, None, SamplerOutput],
                 on_step: Callable[[SamplerStep], None] | None = None) -> SamplerOutput:
     """Drive a sampler generator to the end (optionally calling ``on_step``) and return its output."""
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_step is not None:
-            on_step(step)
+    return drive(gen, on_step)
