@@ -8,9 +8,11 @@ import sys
 from typing import Sequence
 
 from . import cmd_configs, cmd_inspect, cmd_prepare, cmd_train
+from . import cmd_detect, cmd_evaluate, cmd_grid
 
 # modules exposing register(subparsers); later subcommands append themselves here
 COMMANDS = [cmd_configs, cmd_inspect, cmd_prepare, cmd_train]
+COMMANDS += [cmd_detect, cmd_evaluate, cmd_grid]
 
 
 class CLIError(Exception):

@@ -1,0 +1,102 @@
+"""``berdiff detect INPUT... --out DIR``: headless anomaly detection over files and folders.
+
+Inputs: BraTS case folders (4-channel models), NIfTI volumes (3D for 1-channel models, 4D with
+channels last), 2D images (OCT; 1-channel models), or folders holding any of these (searched
+recursively). Outputs per input (see :mod:`napari_berdiff.core.batch_io`): anomaly map,
+segmentation and reconstruction (NIfTI with the source affine, or TIFF/PNG for 2D images), a
+per-slice scores CSV and a provenance JSON.
+
+Safety: existing outputs are never replaced without ``--overwrite`` (checked for every input before
+any work starts); files are written under temporary names and renamed when complete, so Ctrl-C
+leaves no partial output. A failing input is reported on stderr by name and the others still run;
+the exit status is 1 when any input failed.
+
+Several processes: under ``torchrun --nproc_per_node=N berdiff detect ...`` (or with ``RANK`` and
+``WORLD_SIZE`` set by hand) process ``RANK`` takes inputs ``[RANK::WORLD_SIZE]`` of the sorted input
+list; no process group is created, and with ``--device auto`` each process uses
+``cuda:LOCAL_RANK`` when CUDA is available. Output names are decided on the full list, so the
+processes never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import model_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("detect", help="detect anomalies in NIfTI volumes, BraTS cases or OCT "
+                                      "images and write maps, segmentations and scores")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files or folders (NIfTI, BraTS case folders, PNG/JPEG/TIFF images)")
+    p.add_argument("--out", required=True, help="output folder")
+    model_args.add_model_args(p)
+    p.add_argument("--L", type=int, default=200, help="noise level L (default 200)")
+    p.add_argument("--P", type=float, default=0.5, help="mask threshold P (default 0.5)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps S <= L (default L: every step; 20 is much faster)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="slices per network call")
+    p.add_argument("--slices", default=None, metavar="A:B",
+                   help="only these slices along the last axis (Python slice, e.g. 80:129)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="threshold on the per-slice normalised map (paper: 0.5)")
+    p.add_argument("--abs-threshold", type=float, default=None,
+                   help="threshold the median-filtered map directly instead (e.g. the "
+                        "val_threshold reported by `berdiff evaluate`)")
+    p.add_argument("--min-size", type=int, default=10,
+                   help="remove segmented components smaller than this (pixels, 8-connected)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..core.batch_detect import DetectSettings, run_item
+    from ..core.batch_io import check_outputs, discover_inputs, output_paths, shard
+    from . import CLIError
+
+    items = discover_inputs(args.inputs)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    mine = shard(items, rank, world)
+    check_outputs([p for it in mine if it.kind != "invalid"
+                   for p in output_paths(it, args.out).values()], args.overwrite)
+    if args.steps is not None and not 1 <= args.steps <= args.L:
+        raise CLIError(f"--steps must lie in 1..L={args.L}")
+    detector = model_args.load_detector(args, local_rank=os.environ.get("LOCAL_RANK"))
+    settings = DetectSettings(L=args.L, P=args.P, steps=args.steps, seed=args.seed,
+                              batch_size=args.batch_size, slices=args.slices,
+                              threshold=args.threshold, abs_threshold=args.abs_threshold,
+                              min_size=args.min_size)
+    tag = f"[rank {rank}/{world}] " if world > 1 else ""
+    failed: list[tuple[str, str]] = []
+    ok = 0
+    for it in mine:
+        if it.kind == "invalid":
+            failed.append((str(it.path), it.error or "invalid input"))
+            print(f"berdiff detect: {tag}failed: {it.path}: {it.error}", file=sys.stderr)
+            continue
+        bar = model_args.progress_bar(f"{tag}{it.name}", disable=args.no_progress)
+        try:
+            summary = run_item(detector, it, args.out, settings,
+                               progress=lambda t, b=bar: b.update_to(t.done, t.total),
+                               extra={"rank": rank, "world_size": world})
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # one bad input must not stop the others
+            failed.append((str(it.path), f"{type(err).__name__}: {err}"))
+            print(f"berdiff detect: {tag}failed: {it.path}: {err}", file=sys.stderr)
+            continue
+        finally:
+            bar.close()
+        ok += 1
+        print(f"{tag}{it.path} -> {summary['name']}_* ({summary['slices']} slice(s), "
+              f"{summary['seg_pixels']} segmented pixels)")
+    print(f"{tag}{ok} input(s) done, {len(failed)} failed; outputs in {args.out}")
+    if failed:
+        print(f"berdiff detect: {tag}{len(failed)} input(s) failed: "
+              + ", ".join(p for p, _ in failed), file=sys.stderr)
+        return 1
+    return 0

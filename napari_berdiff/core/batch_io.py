@@ -1,0 +1,223 @@
+"""Inputs and outputs of headless detection (``berdiff detect``): finding inputs, naming and
+writing outputs atomically.
+
+Inputs (:func:`discover_inputs`): BraTS case folders (``*_flair.nii.gz`` etc.), NIfTI files
+(``.nii``/``.nii.gz``) and 2D images (PNG, JPEG, TIFF, BMP), given directly or found recursively in
+folders (a BraTS case folder is one input; its files are not listed separately). Every input gets
+a unique output stem (the case folder name or the file name without extension; ``_2``, ``_3``...
+on clashes, in sorted input order so that parallel processes agree).
+
+Outputs per input (:func:`output_paths`): volumes -> ``<stem>_anomaly.nii.gz`` (float32),
+``<stem>_seg.nii.gz`` (uint8), ``<stem>_recon.nii.gz`` (float32, channels last for several
+channels), all with the source affine; 2D images -> ``<stem>_anomaly.tif`` (float32),
+``<stem>_seg.png`` (0/255) and ``<stem>_recon.png`` (8-bit); always ``<stem>_scores.csv`` (one
+row per slice) and ``<stem>_provenance.json``. :class:`AtomicFiles` writes each file under a
+hidden temporary name and renames them all at the end; on any error or Ctrl-C the temporary
+files are removed, so no partial output is left under a final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .data.readers import NIFTI_EXTENSIONS, is_image, is_nifti
+
+__all__ = ["InputItem", "discover_inputs", "output_paths", "check_outputs", "AtomicFiles",
+           "atomic_write_text", "shard", "parse_slices", "strip_extension"]
+
+_CASE_SUFFIXES = tuple(f"_{m}{e}" for m in ("flair", "t1", "t1ce", "t2") for e in NIFTI_EXTENSIONS)
+
+
+@dataclass
+class InputItem:
+    """One unit of work: ``kind`` is ``brats_case``, ``nifti``, ``image`` or ``invalid``."""
+
+    path: Path
+    kind: str
+    name: str = ""
+    error: str | None = None
+
+    @property
+    def is_2d(self) -> bool:
+        return self.kind == "image"
+
+
+def strip_extension(name: str) -> str:
+    low = name.lower()
+    for ext in NIFTI_EXTENSIONS:
+        if low.endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def _is_case_folder(d: Path) -> bool:
+    try:
+        return any(f.name.lower().endswith(_CASE_SUFFIXES) for f in d.iterdir() if f.is_file())
+    except OSError:
+        return False
+
+
+def _walk(root: Path) -> list[InputItem]:
+    items: list[InputItem] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        if _is_case_folder(d):
+            items.append(InputItem(d, "brats_case"))
+            dirnames[:] = []
+            continue
+        for f in sorted(filenames):
+            p = d / f
+            if f.startswith("."):
+                continue
+            if is_nifti(p):
+                items.append(InputItem(p, "nifti"))
+            elif is_image(p):
+                items.append(InputItem(p, "image"))
+    return items
+
+
+def discover_inputs(paths: Sequence[str | Path]) -> list[InputItem]:
+    """The inputs named by ``paths`` (files or folders), in order, with unique output stems.
+    Missing paths, unsupported files and folders without inputs become ``invalid`` items (they
+    are reported, not raised, so that the other inputs still run)."""
+    items: list[InputItem] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            items.append(InputItem(p, "invalid", error=f"input not found: {p}"))
+        elif p.is_dir():
+            found = [InputItem(p, "brats_case")] if _is_case_folder(p) else _walk(p)
+            items += found or [InputItem(p, "invalid", error=f"no NIfTI, image or BraTS case "
+                                                            f"under folder {p}")]
+        elif is_nifti(p):
+            items.append(InputItem(p, "nifti"))
+        elif is_image(p):
+            items.append(InputItem(p, "image"))
+        else:
+            items.append(InputItem(p, "invalid", error=f"unsupported input (not NIfTI, PNG/JPEG/"
+                                                       f"TIFF/BMP or a BraTS case folder): {p}"))
+    seen: set[Path] = set()
+    unique: list[InputItem] = []
+    for it in items:
+        key = it.path.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        unique.append(it)
+    used: dict[str, int] = {}
+    for it in unique:
+        base = it.path.name if it.kind == "brats_case" else strip_extension(it.path.name)
+        n = used.get(base, 0) + 1
+        used[base] = n
+        it.name = base if n == 1 else f"{base}_{n}"
+    return unique
+
+
+def output_paths(item: InputItem, out_dir: str | Path) -> dict[str, Path]:
+    """The files :func:`napari_berdiff.cli.cmd_detect` writes for ``item``."""
+    out = Path(out_dir)
+    if item.is_2d:
+        names = {"anomaly": "_anomaly.tif", "seg": "_seg.png", "recon": "_recon.png"}
+    else:
+        names = {"anomaly": "_anomaly.nii.gz", "seg": "_seg.nii.gz", "recon": "_recon.nii.gz"}
+    names |= {"scores": "_scores.csv", "provenance": "_provenance.json"}
+    return {k: out / f"{item.name}{v}" for k, v in names.items()}
+
+
+def check_outputs(paths: Iterable[Path], overwrite: bool) -> None:
+    """Raise FileExistsError naming existing outputs unless ``overwrite``."""
+    if overwrite:
+        return
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if existing:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise FileExistsError(f"output(s) already exist: {', '.join(map(str, existing[:3]))}{more}; "
+                              "pass --overwrite to replace them")
+
+
+def _suffix(path: Path) -> str:
+    low = path.name.lower()
+    for ext in NIFTI_EXTENSIONS:
+        if low.endswith(ext):
+            return path.name[-len(ext):]
+    return path.suffix
+
+
+class AtomicFiles:
+    """Context manager: ``tmp = files.temp(final)`` gives a hidden temporary path in the same
+    folder (keeping the extension, so writers pick the right format); on a clean exit every
+    temporary file is renamed to its final name, on an exception (Ctrl-C included) all are
+    removed."""
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[Path, Path]] = []
+
+    def temp(self, final: str | Path) -> Path:
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + _suffix(final),
+                                   dir=final.parent)
+        os.close(fd)
+        self._pairs.append((Path(tmp), final))
+        return Path(tmp)
+
+    def __enter__(self) -> "AtomicFiles":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                for tmp, final in self._pairs:
+                    os.replace(tmp, final)
+                return
+            except BaseException:
+                self._cleanup()
+                raise
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for tmp, _ in self._pairs:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
+    with AtomicFiles() as files:
+        files.temp(path).write_text(text, encoding="utf-8")
+
+
+def shard(items: Sequence, rank: int | None = None, world: int | None = None) -> list:
+    """This process's share ``items[rank::world]``; ``rank``/``world`` default to the
+    ``RANK``/``WORLD_SIZE`` environment variables that ``torchrun`` sets (one process: all)."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else int(rank)
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else int(world)
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"need 0 <= RANK < WORLD_SIZE, got RANK={rank}, WORLD_SIZE={world}")
+    return list(items)[rank::world]
+
+
+def parse_slices(spec: str | None, n: int) -> list[int] | None:
+    """``"a:b"`` (Python-style, negatives from the end, either side optional) or ``"k"`` ->
+    the slice indices in ``range(n)``; None for all slices."""
+    if spec is None or spec == "":
+        return None
+    try:
+        if ":" in spec:
+            a, _, b = spec.partition(":")
+            idx = list(range(n))[slice(int(a) if a.strip() else None, int(b) if b.strip() else None)]
+        else:
+            k = int(spec)
+            idx = [k + n if k < 0 else k]
+    except ValueError:
+        raise ValueError(f"--slices must look like a:b or k, got {spec!r}") from None
+    if not idx or min(idx) < 0 or max(idx) >= n:
+        raise ValueError(f"--slices {spec} selects no slice of the {n} available")
+    return idx
