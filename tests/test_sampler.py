@@ -99,6 +99,21 @@ def test_mask_never_shrinks_and_steps_follow_the_grid():
     assert torch.all(m0[:, 0] >= m0[:, 1]) and torch.all(m0[:, 1] >= m0[:, 2])
 
 
+def test_trajectories_with_p_at_least_one_skip_the_network():
+    seen = []
+
+    def model(z_t, t):
+        seen.append(z_t.shape[0])
+        return torch.full_like(z_t, 0.3)
+
+    z = codes(B=2)
+    out = collect(masked_sampler(model, z, SCHED, 20, [0.5, 1.0, 0.2], seeds=1))[1]
+    assert seen == [4] * 20  # 2 images x 2 thresholds below 1
+    assert torch.equal(out.z0[1::3], z)
+    collect(masked_sampler(model, z, SCHED, 5, [1.0], seeds=1))
+    assert seen[20:] == []  # nothing to evaluate at all
+
+
 def test_number_of_network_calls_is_the_step_count():
     model = OracleModel(codes())
     collect(masked_sampler(model, codes(), SCHED, 200, 0.5, steps=20))

@@ -93,8 +93,9 @@ def masked_sampler(
         z: (B, C, h, w) binary codes of the inputs (0/1 floats), e.g. Bernoulli samples of E(x).
         L: noise level (1..T). ``steps`` (S, default L) evenly spaced steps with the exact
             strided posterior.
-        thresholds: P values; P >= 1 never masks (output code == z), P <= 0 masks everything at
-            the first step (plain, unmasked partial diffusion).
+        thresholds: P values; P >= 1 never masks (output code == z; the network is not evaluated
+            for those trajectories and their ``eps_hat`` is reported as 0), P <= 0 masks
+            everything at the first step (plain, unmasked partial diffusion).
         seeds: one int per image, a single int (image b gets ``seed + b``), or a torch.Generator
             from which per-image seeds are drawn.
         deterministic_last_step: take ``x0_stitched > 0.5`` at the last step instead of sampling.
@@ -125,6 +126,8 @@ def masked_sampler(
         gens = _generators([trajectory_seed(image_seeds[i // K], p_list[i % K]) for i in range(B * K)], device)
         thr4 = thr.view(-1, 1, 1, 1)
         mask_all = thr4 <= 0
+        active = thr < 1
+        n_active = int(active.sum())
         shape = tuple(z_in.shape[1:])
         # z_L = z XOR Bernoulli((1 - abar_L)/2)
         u = _rand_per_item(shape, gens, device, work)
@@ -135,7 +138,12 @@ def masked_sampler(
         t, s = grid[i], grid[i + 1]
         with torch.inference_mode():
             t_vec = torch.full((B * K,), t, dtype=torch.long, device=device)
-            eps_hat = model(z_t, t_vec).to(work)
+            if n_active == B * K:
+                eps_hat = model(z_t, t_vec).to(work)
+            else:  # P >= 1 never masks: skip the network for those trajectories (eps_hat = 0)
+                eps_hat = torch.zeros_like(z_t)
+                if n_active:
+                    eps_hat[active] = model(z_t[active], t_vec[active]).to(work)
             x0_hat = (z_t - eps_hat).abs()
             mask = mask | (eps_hat > thr4) | mask_all
             x0_st = torch.where(mask, x0_hat, z_in)
