@@ -23,10 +23,10 @@ write_brats_dataset('data/synth_brats_train', n_healthy=30, n_tumour=40, n_cavit
 
 # 3. autoencoder (L1, no adversarial term), small config
 $BERDIFF train-ae data/prep_brats128 --out runs/brats_ae --config small --steps "$AE_STEPS" --batch-size 8 \
-  --lr 2e-4 --disc-weight 0 --hflip --threads 2 --ckpt-every 200 --log-every 25 --sample-every 500 --seed 0 --quiet
+  --lr 2e-4 --disc-weight 0 --hflip --threads 1 --ckpt-every 200 --log-every 25 --sample-every 500 --seed 0 --quiet
 
 # 4. diffusion U-Net on the frozen autoencoder's codes
 $BERDIFF train-diffusion data/prep_brats128 --ae runs/brats_ae/autoencoder.pt --out runs/brats_diff --config small \
-  --steps "$DIFF_STEPS" --batch-size 16 --lr 2e-4 --threads 2 --ckpt-every 200 --log-every 25 --seed 0 --quiet
+  --steps "$DIFF_STEPS" --batch-size 16 --lr 2e-4 --threads 1 --ckpt-every 200 --log-every 25 --seed 0 --quiet
 
 cp runs/brats_diff/model.pt napari_berdiff/weights/brats_small.pt
