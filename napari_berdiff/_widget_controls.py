@@ -1,0 +1,58 @@
+"""The widget's controls (magicgui widgets in a Qt layout); no behaviour here."""
+
+from __future__ import annotations
+
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label,
+                              LineEdit, PushButton, Slider, SpinBox)
+
+from ._inputs import BUNDLED_CHOICES, FILE_CHOICE
+
+DEFAULT_SWEEP = "0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9"
+SCOPES = ("current slice", "all slices", "slice range")
+
+
+class Controls:
+    """All input widgets of :class:`~napari_berdiff._widget.BerdiffWidget`, grouped."""
+
+    def __init__(self, devices: list[str]):
+        self.model_choice = ComboBox(label="model", choices=[*BUNDLED_CHOICES, FILE_CHOICE])
+        self.model_file = FileEdit(label="checkpoint", mode="r", filter="*.pt", visible=False)
+        self.model_info = Label(label="", value="")
+        self.inputs = Container(labels=True)
+        self.L = Slider(label="noise level L", min=1, max=1000, value=200,
+                        tooltip="diffusion steps of noise added to the latent code (1..1000)")
+        self.P = FloatSlider(label="threshold P", min=0.0, max=1.0, step=0.01, value=0.5,
+                             tooltip="a latent bit is masked (resampled) once its flip probability "
+                                     "exceeds P; P = 0 masks everything, P = 1 nothing")
+        self.steps = SpinBox(label="steps S", min=1, max=200, value=20,
+                             tooltip="strided denoising steps from L down to 0 (1..L)")
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        self.sweep_on = CheckBox(text="sample a P sweep (instant P slider)", value=True)
+        self.sweep = LineEdit(label="P sweep", value=DEFAULT_SWEEP,
+                              tooltip="P values sampled in one batch: 0.1, 0.3, 0.5 or 0.1:0.9:0.1")
+        self.device = ComboBox(label="device", choices=devices)
+        self.device_info = Label(label="", value="")
+        self.scope = ComboBox(label="scope", choices=list(SCOPES))
+        self.range_from = SpinBox(label="from slice", min=0, max=10_000, value=0, visible=False)
+        self.range_to = SpinBox(label="to slice", min=0, max=10_000, value=0, visible=False)
+        self.live = CheckBox(text="re-run when L or P changes", value=True)
+        self.run = PushButton(text="Run")
+        self.cancel = PushButton(text="Cancel", enabled=False)
+        self.status = Label(label="", value="")
+        self.grid = PushButton(text="Side by side: input | reconstruction | difference")
+        buttons = Container(widgets=[self.run, self.cancel], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.container = Container(widgets=[
+            self.model_choice, self.model_file, self.model_info, self.inputs, self.L, self.P,
+            self.steps, self.seed, self.sweep_on, self.sweep, self.device, self.device_info,
+            self.scope, self.range_from, self.range_to, self.live, buttons, self.status, self.grid,
+        ], labels=True)
+        for lab in (self.model_info, self.device_info, self.status):
+            lab.native.setWordWrap(True)
+
+    def set_info(self, label: Label, text: str, level: str = "info") -> None:
+        colour = {"info": "", "warning": "color: #e0a030;", "error": "color: #f05050;"}[level]
+        if label.native.styleSheet() != colour:  # restyling re-lays out the dock: only on change
+            label.native.setStyleSheet(colour)
+        if label.value != text:
+            label.value = text

@@ -1,0 +1,338 @@
+"""The napari widget in a real viewer under Xvfb, with tiny random models (32x32 images)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from _plugin_helpers import add_small_case, tiny_checkpoint
+from napari_berdiff._widget import BerdiffWidget
+from napari_berdiff.core.detector import Detector
+
+pytestmark = pytest.mark.gui
+TIMEOUT = 120_000
+
+
+@pytest.fixture(scope="module")
+def ckpt4(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny4.pt", channels=4)
+
+
+@pytest.fixture(scope="module")
+def ckpt1(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny1.pt", channels=1, mode="resize")
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """Count Detector.iter_detect calls and network evaluations (threads included)."""
+    calls = SimpleNamespace(detect=0, evals=0, threads=set())
+    orig_iter, orig_flip = Detector.iter_detect, Detector._flip_model
+
+    def iter_detect(self, *a, **k):
+        calls.detect += 1
+        return orig_iter(self, *a, **k)
+
+    def flip(self, z, t):
+        calls.evals += 1
+        calls.threads.add(threading.get_ident())
+        return orig_flip(self, z, t)
+
+    monkeypatch.setattr(Detector, "iter_detect", iter_detect)
+    monkeypatch.setattr(Detector, "_flip_model", flip)
+    return calls
+
+
+def _configure(w, ckpt, L=20, steps=4, sweep="0.3, 0.7", P=0.5, scope="current slice"):
+    w.set_checkpoint(ckpt)
+    w.c.L.value = L
+    w.c.steps.value = steps
+    w.c.sweep.value = sweep
+    w.c.P.value = P
+    w.c.scope.value = scope
+
+
+def _run_and_wait(qtbot, w):
+    worker = w.run()
+    assert worker is not None, w.c.status.value
+    qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
+    assert w.outcome is not None, w.c.status.value
+    assert w.c.status.value.startswith("done:"), w.c.status.value  # not overwritten by a late tick
+    assert all(w.outcome.seg_ready)
+    return worker
+
+
+def _outputs(viewer, base):
+    return {ly.name[len(base) + 1:]: ly for ly in viewer.layers if ly.name.startswith(base + " ")
+            and "provenance" in ly.metadata}
+
+
+def test_end_to_end_through_the_manifest(make_napari_viewer, qtbot, ckpt4, tmp_path):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("napari-berdiff", "brats_quick")
+    flair = layers[0]
+    assert [ly.name for ly in layers][:4] == [f"synth07 {m}" for m in ("FLAIR", "T1", "T1ce", "T2")]
+    dock, w = viewer.window.add_plugin_dock_widget("napari-berdiff", "Anomaly detection")
+    assert isinstance(w, BerdiffWidget)
+    # no bundled model in a fresh checkout: a clear message, Run disabled; a file is then chosen
+    if w.checkpoint is None:
+        assert "not in this installation" in w.c.model_info.value
+    _configure(w, ckpt4)
+    assert [cb.value.name for cb in w._combos] == [ly.name for ly in layers[:4]]  # auto-picked
+    z = 25
+    viewer.dims.set_point(0, flair.data_to_world((z, 0, 0))[0])
+    _run_and_wait(qtbot, w)
+    out = _outputs(viewer, "synth07")
+    assert set(out) >= {"reconstruction FLAIR", "reconstruction T2", "anomaly map", "segmentation",
+                        "mask evolution"}
+    for name in ("reconstruction FLAIR", "anomaly map", "segmentation"):
+        ly = out[name]
+        assert ly.data.shape == flair.data.shape
+        np.testing.assert_allclose(ly.scale, flair.scale)
+        np.testing.assert_allclose(ly.translate, flair.translate)
+        np.testing.assert_allclose(ly.metadata["affine"], flair.metadata["affine"])
+    amap = out["anomaly map"]
+    assert amap.colormap.name == "inferno" and amap.blending == "additive"
+    assert np.any(amap.data[z] > 0) and not np.any(amap.data[z + 1])  # only the current slice
+    prov = amap.metadata["provenance"]
+    assert prov["L"] == 20 and prov["steps"] == 4 and prov["P_shown"] == 0.5 and prov["seed"] == 0
+    assert prov["device"] == "cpu" and len(prov["model_hash"]) == 12 and prov["time"]
+    assert type(out["segmentation"]).__name__ == "Labels"
+    mask = out["mask evolution"]
+    assert mask.data.shape == (4, flair.data.shape[0], 8, 8)
+    # the latent grid covers the image: 240 px -> 8 cells of 30 px, centred on their pixels
+    np.testing.assert_allclose(mask.scale[2:], np.asarray(flair.scale[1:]) * 30)
+    np.testing.assert_allclose(mask.data_to_world((0, z, 0, 0))[1:], flair.data_to_world((z, 14.5, 14.5)))
+    # the widget gives exactly what the library gives for the same slice and seed
+    from napari_berdiff._layers import Orientation
+
+    o = Orientation.from_dict(flair.metadata["orientation"])
+    vol = np.stack([o.from_layer(np.asarray(ly.data)) for ly in layers[:4]])
+    det = Detector.from_checkpoint(str(ckpt4), device="cpu")
+    ref = det.detect_volume(vol, slices=[z], L=20, P=[0.3, 0.5, 0.7], steps=4, seed=0)
+    expect = np.zeros(vol.shape[1:], np.float32)
+    expect[..., z] = ref.anomaly_map[1, 0]
+    np.testing.assert_allclose(amap.data, o.to_layer(expect), atol=1e-5)
+    assert "berdiff: masked fraction per slice" in viewer.window.dock_widgets
+    # saved through the manifest's writer: the source volume's voxel order and affine
+    import nibabel as nib
+
+    (path, side) = amap.save(str(tmp_path / "amap.nii.gz"), plugin="napari-berdiff")
+    img = nib.load(path)
+    np.testing.assert_allclose(img.affine, flair.metadata["affine"])
+    np.testing.assert_allclose(np.asarray(img.dataobj)[..., z], ref.anomaly_map[1, 0], atol=1e-5)
+    assert '"L": 20' in open(side).read()
+
+
+def test_cancel_leaves_no_partial_layers_and_a_second_run_works(make_napari_viewer, qtbot, ckpt4, count_calls):
+    viewer = make_napari_viewer()
+    add_small_case(viewer)
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, L=1000, steps=400, sweep="0.1:0.9:0.1", scope="all slices")
+    n_layers = len(viewer.layers)
+    worker = w.run()
+    qtbot.waitUntil(lambda: count_calls.evals >= 3, timeout=TIMEOUT)
+    w.cancel()
+    at_cancel = count_calls.evals
+    qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
+    assert count_calls.evals - at_cancel <= 1  # stops within one step
+    assert count_calls.evals < 50
+    assert len(viewer.layers) == n_layers and w.outcome is None
+    assert w.c.status.value == "cancelled"
+    assert not worker.is_running
+    _configure(w, ckpt4, L=10, steps=2, sweep="", scope="current slice")
+    _run_and_wait(qtbot, w)
+    assert len(viewer.layers) == n_layers + 4 + 3  # 4 reconstructions, map, segmentation, mask
+    assert threading.get_ident() not in count_calls.threads  # the network ran off the GUI thread
+
+
+def test_worker_touches_no_napari_object(make_napari_viewer_proxy, qtbot, ckpt4):
+    viewer = make_napari_viewer_proxy()
+    add_small_case(viewer)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        w = BerdiffWidget(viewer)
+        _configure(w, ckpt4, scope="all slices")
+        errors = []
+        w.run().errored.connect(errors.append)
+        qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
+    assert not errors, errors
+    assert w.outcome is not None, w.c.status.value
+    assert "case anomaly map" in viewer.layers
+    private = [str(x.message) for x in seen if "Private attribute access" in str(x.message)]
+    assert not private, private
+
+
+def test_p_slider_swaps_outputs_from_the_sweep_without_a_new_run(make_napari_viewer, qtbot, ckpt4, count_calls):
+    viewer = make_napari_viewer()
+    add_small_case(viewer)
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, sweep="0.3, 0.6", P=0.5, scope="all slices")
+    _run_and_wait(qtbot, w)
+    assert count_calls.detect == 1 and w.outcome.thresholds == [0.3, 0.5, 0.6]
+    amap = viewer.layers["case anomaly map"]
+    seg = viewer.layers["case segmentation"]
+    for P, k in ((0.3, 0), (0.6, 2), (0.5, 1)):
+        w.c.P.value = P
+        np.testing.assert_array_equal(amap.data, w.outcome.anomaly_map[k])
+        np.testing.assert_array_equal(seg.data, w.outcome.segmentation[k])
+        assert amap.metadata["provenance"]["P_shown"] == P
+    qtbot.wait(700)  # longer than the debounce: still no new run
+    assert count_calls.detect == 1 and w.n_runs == 1 and not w.is_busy()
+    # P outside the sweep: one (debounced) new run that adds it
+    w.c.P.value = 0.44
+    w.c.P.value = 0.45
+    qtbot.waitUntil(lambda: w.n_runs == 2, timeout=5000)
+    qtbot.waitUntil(lambda: not w.is_busy() and w.outcome is not None and 0.45 in w.outcome.thresholds,
+                    timeout=TIMEOUT)
+    assert count_calls.detect == 2
+    # moving L re-runs, cancelling a run in flight
+    w.c.L.value = 400
+    w.c.steps.value = 200
+    qtbot.waitUntil(lambda: w.n_runs == 3, timeout=5000)
+    w.c.L.value = 30
+    w.c.steps.value = 3
+    qtbot.waitUntil(lambda: w.n_runs == 4, timeout=5000)
+    qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
+    assert w.outcome.provenance["L"] == 30
+    assert viewer.layers["case anomaly map"].metadata["provenance"]["L"] == 30
+
+
+def test_score_plot_follows_and_moves_the_current_slice(make_napari_viewer, qtbot, ckpt4):
+    viewer = make_napari_viewer()
+    layers = add_small_case(viewer)
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, sweep="", scope="all slices")
+    _run_and_wait(qtbot, w)
+    plot = w.plot
+    assert list(plot.slices) == list(range(6))
+    np.testing.assert_allclose(plot.ax.lines[-2].get_ydata(), w.outcome.masked_fraction[0])
+    src = layers[0]
+    viewer.dims.set_point(viewer.dims.ndim - 3, src.data_to_world((4, 0, 0))[0])
+    assert plot.cursor.get_xdata()[0] == 4
+    plot._on_click(SimpleNamespace(xdata=1.8))
+    assert int(round(src.world_to_data(viewer.dims.point)[0])) == 2
+    assert plot.cursor.get_xdata()[0] == 2
+
+
+def test_screenshot_shows_the_anomaly_overlay(make_napari_viewer, qtbot, ckpt4):
+    viewer = make_napari_viewer(show=True)
+    add_small_case(viewer)
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, L=50, steps=5, sweep="")
+    _run_and_wait(qtbot, w)
+    amap = viewer.layers["case anomaly map"]
+    amap.contrast_limits = (0, float(amap.data.max()) * 0.5)
+    for ly in viewer.layers:
+        ly.visible = ly.name in ("case FLAIR", "case anomaly map")
+    viewer.reset_view()
+    with_map = viewer.screenshot(canvas_only=True, flash=False)
+    amap.visible = False
+    without = viewer.screenshot(canvas_only=True, flash=False)
+    assert with_map.shape == without.shape and with_map[..., :3].max() > 0
+    diff = np.abs(with_map[..., :3].astype(int) - without[..., :3].astype(int)).sum(-1)
+    assert (diff > 30).mean() > 0.01  # the overlay changes a visible part of the canvas
+    rgb = with_map[..., :3].astype(int)
+    assert ((rgb[..., 0] - rgb[..., 2]) > 40).mean() > 0.005  # inferno's warm colours, not gray
+
+
+def test_oct_side_by_side_view(make_napari_viewer, qtbot, ckpt1):
+    viewer = make_napari_viewer()
+    img = np.random.default_rng(0).random((40, 50)).astype(np.float32)
+    src = viewer.add_image(img, name="scan", metadata={"modality": "oct"})
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt1, sweep="0.5")
+    assert w.c.model_choice.value == "checkpoint file…"
+    _run_and_wait(qtbot, w)
+    rec = viewer.layers["scan reconstruction"]
+    assert rec.data.shape == (40, 50) and viewer.layers["scan mask evolution"].data.shape == (4, 8, 8)
+    w.toggle_side_by_side()
+    assert viewer.canvas.grid.enabled
+    diff = viewer.layers["scan difference"]
+    np.testing.assert_allclose(diff.data, img - rec.data, atol=1e-6)
+    visible = [ly.name for ly in viewer.layers if ly.visible]
+    assert visible == ["scan", "scan reconstruction", "scan difference"]
+    assert [viewer.canvas.grid.position(viewer.layers.index(n), viewer.layers) for n in visible] == [(0, 0), (0, 1), (0, 2)]
+    w.toggle_side_by_side()
+    assert not viewer.canvas.grid.enabled and viewer.layers.index(src) == 0
+    assert viewer.layers["scan anomaly map"].visible
+
+
+def test_missing_input_or_model_gives_a_message_not_a_traceback(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    w = BerdiffWidget(viewer)
+    assert w.run() is None
+    assert w.c.status.value  # one sentence in the widget (and a notification)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    w.set_checkpoint(bad)
+    assert w.checkpoint is None and "bad.pt" in w.c.model_info.value
+    assert not w.c.run.enabled
+
+
+def test_unavailable_device_falls_back_to_cpu_with_a_visible_warning(make_napari_viewer, qtbot, ckpt4, monkeypatch):
+    import napari_berdiff.core.device as device
+
+    monkeypatch.setattr(device, "available_devices", lambda: ["auto", "cpu", "cuda:3"])
+    viewer = make_napari_viewer()
+    add_small_case(viewer)
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, L=10, steps=2, sweep="")
+    w.c.device.value = "cuda:3"
+    assert "cpu" in w.c.device_info.value and ("not available" in w.c.device_info.value
+                                               or "does not exist" in w.c.device_info.value)
+    _run_and_wait(qtbot, w)
+    prov = viewer.layers["case anomaly map"].metadata["provenance"]
+    assert prov["device"] == "cpu" and prov["device_warning"]
+    assert w.c.device_info.value.startswith("ran on cpu:")
+
+
+def test_auto_pick_matches_channels_by_modality_name_and_file():
+    from napari.layers import Image
+
+    from napari_berdiff._inputs import auto_pick, base_name
+
+    z = np.zeros((2, 4, 4), np.float32)
+    named = [Image(z, name=f"BraTS20_Training_001_{m}") for m in ("t2", "t1ce", "flair", "t1")]
+    other = Image(z, name="notes")
+    pick = auto_pick([other] + named, ["flair", "t1", "t1ce", "t2"], 4)
+    assert [ly.name for ly in pick] == [f"BraTS20_Training_001_{m}" for m in ("flair", "t1", "t1ce", "t2")]
+    assert base_name(pick) == "BraTS20_Training_001"
+    chans = [Image(z, name=f"multi [{c}]", metadata={"source": "/x/multi.nii", "channel": c, "n_channels": 3})
+             for c in (2, 0, 1)]
+    assert [ly.name for ly in auto_pick(chans, [], 3)] == ["multi [0]", "multi [1]", "multi [2]"]
+    assert auto_pick(chans[:2], [], 3) is None
+    assert auto_pick([other, named[0]], ["oct"], 1, active=named[0]) == [named[0]]
+
+
+def test_a_failing_run_gives_one_clear_message_and_no_layers(make_napari_viewer, qtbot, ckpt4):
+    viewer = make_napari_viewer()
+    layers = add_small_case(viewer)
+    layers[2].data[1, 5, 5] = np.nan  # the detector refuses non-finite input (in the worker)
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, L=10, steps=2, sweep="")
+    n = len(viewer.layers)
+    w.run()
+    qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
+    assert len(viewer.layers) == n and w.outcome is None
+    assert "NaN" in w.c.status.value and "Traceback" not in w.c.status.value
+
+
+def test_progress_bars_are_closed_after_runs_and_cancels(make_napari_viewer, qtbot, ckpt4):
+    from napari.utils import progress
+
+    viewer = make_napari_viewer()
+    add_small_case(viewer)
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, L=10, steps=2, sweep="")
+    _run_and_wait(qtbot, w)
+    _configure(w, ckpt4, L=1000, steps=300, sweep="0.1:0.9:0.1", scope="all slices")
+    w.run()
+    qtbot.wait(300)
+    w.cancel()
+    qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
+    assert not [p for p in progress._all_instances if "berdiff" in str(p.desc)]
