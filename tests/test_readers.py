@@ -248,3 +248,12 @@ def test_resize_2d_and_keep_aspect():
     assert [s.kind for s in fit.steps] == ["padcrop", "resize"]
     assert fit.apply(np.ones((240, 200))).shape == (128, 128)
     assert [s.kind for s in plan_fit_square((240, 240), 256).steps] == ["padcrop"]
+
+
+def test_normalize_volume_refuses_non_finite_values():
+    from napari_berdiff.core.data.readers import normalize_volume
+
+    vol = np.ones((2, 4, 4, 3), np.float32)
+    vol[1, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="1 NaN"):
+        normalize_volume(vol)

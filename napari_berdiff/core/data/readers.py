@@ -311,6 +311,9 @@ def normalize_volume(vol: np.ndarray, low: float = 0.5, high: float = 99.5, *,
     if not 0.0 <= low < high <= 100.0:
         raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
     x = np.asarray(vol, dtype=np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:  # NaN percentiles would silently turn a whole channel into ones
+        raise ValueError(f"cannot normalise: the data contain {bad} NaN/Inf value(s)")
     moved = x[None] if channel_axis is None else np.moveaxis(x, channel_axis, 0)
     out = np.zeros(moved.shape, dtype=np.float32)
     stats = []
