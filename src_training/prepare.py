@@ -17,10 +17,8 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Sequence

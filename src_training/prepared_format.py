@@ -20,15 +20,14 @@ their files, with a leading dimension of 0.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+
+from napari_berdiff.core.atomic import atomic_dir, check_can_write  # noqa: F401 (re-exported)
 
 FORMAT_NAME = "napari-berdiff-prepared"
 FORMAT_VERSION = 1
@@ -183,37 +182,9 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh ``<out_dir>.tmp-XXXX`` next to ``out_dir``; on success rename it to
-    ``out_dir`` (replacing an existing one only with ``overwrite=True``), on any failure delete
-    it. An existing ``out_dir`` without ``overwrite`` raises :class:`FileExistsError` up front.
-    """
-    out = Path(out_dir)
-    check_can_write(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
-        yield tmp
-        check_can_write(out, overwrite)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=out.name + ".old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def check_can_write(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to "
-                              "replace it")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
+def atomic_output_dir(out_dir: str | Path, overwrite: bool = False):
+    """Write a prepared directory atomically (see :func:`napari_berdiff.core.atomic.atomic_dir`)."""
+    return atomic_dir(out_dir, overwrite)
 
 
 # ----------------------------------------------------------------------------- reading

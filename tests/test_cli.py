@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import torch
 
 from napari_berdiff.core.autoencoder import BinaryAutoencoder
 from napari_berdiff.core.checkpoint import save_checkpoint

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .data.readers import NIFTI_EXTENSIONS, is_image, is_nifti
+from .atomic import atomic_write_text  # noqa: F401 (part of this module's API)
 
 __all__ = ["InputItem", "discover_inputs", "output_paths", "check_outputs", "AtomicFiles",
            "atomic_write_text", "shard", "parse_slices", "strip_extension"]
@@ -186,12 +187,6 @@ class AtomicFiles:
                 tmp.unlink()
             except FileNotFoundError:
                 pass
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    with AtomicFiles() as files:
-        files.temp(path).write_text(text, encoding="utf-8")
 
 
 def shard(items: Sequence, rank: int | None = None, world: int | None = None) -> list:

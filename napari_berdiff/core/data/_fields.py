@@ -7,12 +7,7 @@ filtering a full volume. Also: soft steps, a radial "push" deformation, and atom
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -78,41 +73,3 @@ def radial_push(
     return (-offsets * factor).astype(np.float32)
 
 
-@contextmanager
-def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder next to ``final``; rename it to ``final`` when the block succeeds.
-
-    An existing ``final`` raises FileExistsError unless ``overwrite``; an exception inside the block
-    leaves nothing behind.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists (pass overwrite=True to replace it)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
-            os.rename(final, old / final.name)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same folder, then rename it to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -52,7 +52,7 @@ from ._brain_anatomy import (
     synthesise_contrasts,
 )
 from ._brain_lesions import apply_push, healthy_subbox, lesion_box, plan_lesion, render_lesion
-from ._fields import atomic_dir, atomic_write_bytes
+from ..atomic import atomic_dir, atomic_write_bytes
 
 KINDS = ("healthy", "tumour", "cavity", "ventricle")
 _ALIASES = {"tumor": "tumour", "normal": "healthy", "resection": "cavity"}

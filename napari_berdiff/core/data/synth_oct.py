@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ._fields import atomic_write_bytes, smooth_noise, soft_step
+from ..atomic import atomic_write_bytes
+from ._fields import smooth_noise, soft_step
 
 HEIGHT, WIDTH = 496, 512
 # (name, parafoveal thickness in px, grey level); top (inner retina) to bottom (RPE)
