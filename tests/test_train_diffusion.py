@@ -14,12 +14,7 @@ from src_training.train_autoencoder import train_autoencoder
 from src_training.train_diffusion import train_diffusion
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ from src_training.train_autoencoder import train_autoencoder
 from src_training.train_diffusion import train_diffusion
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # 20 images, batches of 8 (drop_last): 2 batches per epoch, so step 5 stops inside an epoch
