@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configs import AutoencoderConfig
-from .nn_utils import group_norm
+from .nn_utils import Upsample, group_norm
 
 __all__ = ["BinaryAutoencoder", "ResBlock", "AttnBlock", "Downsample", "Upsample"]
 
@@ -67,17 +67,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2 then conv3x3."""
-
-    def __init__(self, ch: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 def _level(in_ch: int, out_ch: int, n_blocks: int, attn: bool, groups: int, eps: float

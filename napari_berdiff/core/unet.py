@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configs import UNetConfig
-from .nn_utils import group_norm, zero_module
+from .nn_utils import Upsample, group_norm, zero_module
 
 __all__ = ["BernoulliUNet", "timestep_embedding"]
 
@@ -91,17 +91,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Nearest x2 then conv3x3."""
-
-    def __init__(self, ch: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class _Stage(nn.ModuleList):
