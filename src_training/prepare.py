@@ -27,8 +27,8 @@ import numpy as np
 
 from napari_berdiff.core.data.readers import (BRATS_MODALITIES, DataError, find_brats_case,
                                               is_image, is_nifti, load_brats_case, load_nifti)
-from src_training.prepare_common import (NORMALISATION_DOC, abort, assign_split, check_params,
-                                         finish, image_job, new_writers, parallel_map, progress,
+from src_training.prepare_common import (NORMALISATION_DOC, assign_split, check_params,
+                                         finish, image_job, split_writers, parallel_map, progress,
                                          split_by_group, volume_to_slices)
 from src_training.prepare_oct import prepare_oct
 from src_training.prepared_format import atomic_output_dir, check_can_write
@@ -109,53 +109,49 @@ def prepare_brats(src_root: str | Path, out_dir: str | Path, *,
     transform = None
     extra = {s: {"cases": 0} for s in ("train", "val", "test")}
     extra["train"]["diseased_left_out"] = 0
-    with atomic_output_dir(out, overwrite) as tmp:
-        writers = new_writers(tmp, len(BRATS_MODALITIES), image_size, raw_labels=True)
-        try:
-            jobs = [(str(folder), params) for _, folder in cases]
-            results = progress(parallel_map(_brats_job, jobs, workers), len(jobs), "BraTS cases",
-                               show_progress)
-            for cid, res in zip(ids, results):
-                if isinstance(res, DataError):
-                    _skip(skipped, cid, res, skip_bad)
-                    continue
-                s = which[cid]
-                shapes.add(tuple(res["in_plane_shape"]))
-                transform = transform or res["transform"]
-                extra[s]["cases"] += 1
-                if s == "train":
-                    keep = res["healthy"]
-                    extra[s]["diseased_left_out"] += int((~keep).sum())
-                    writers[s].add(res["images"][keep], case_id=cid, healthy=True,
-                                   slice_index=res["slice_index"][keep], source=cid)
-                else:
-                    raw = res["raw_labels"]
-                    writers[s].add(res["images"], labels=raw > 0, raw_labels=raw, case_id=cid,
-                                   slice_index=res["slice_index"], healthy=res["healthy"],
-                                   source=cid)
-            bad = {d["case"] for d in skipped}
-            split_info = {"dataset": "brats", "seed": int(seed), "fractions": list(split),
-                          **{s: [c for c in lst if c not in bad] for s, lst in splits.items()},
-                          "skipped": skipped, "params": params,
-                          "source": str(Path(src_root).resolve())}
-            meta = {"dataset": "brats", "channels": list(BRATS_MODALITIES),
-                    "image_size": int(image_size), "source": str(Path(src_root).resolve()),
-                    "normalisation": {"method": "percentile_clip_nonzero", "low": float(low),
-                                      "high": float(high), "doc": NORMALISATION_DOC},
-                    "geometry": {"slice_axis": 2, "slice_range": "drop_bottom : Z - drop_top",
-                                 "drop_bottom": int(drop_bottom), "drop_top": int(drop_top),
-                                 "in_plane_shapes": sorted(list(s) for s in shapes),
-                                 "transform": transform,
-                                 "rule": "zero-pad centred when it fits, else pad to square "
-                                         "then resize (labels nearest)"},
-                    "labels": {"binary": "seg > 0", "raw": "BraTS labels 0/1/2/4",
-                               "healthy": "slice label all zero"},
-                    "split": {"seed": int(seed), "fractions": list(split), "by": "patient"},
-                    "skipped": skipped}
-            meta = finish(tmp, writers, meta, split_info, extra)
-        except BaseException:
-            abort(writers)
-            raise
+    with atomic_output_dir(out, overwrite) as tmp, \
+         split_writers(tmp, len(BRATS_MODALITIES), image_size, raw_labels=True) as writers:
+        jobs = [(str(folder), params) for _, folder in cases]
+        results = progress(parallel_map(_brats_job, jobs, workers), len(jobs), "BraTS cases",
+                           show_progress)
+        for cid, res in zip(ids, results):
+            if isinstance(res, DataError):
+                _skip(skipped, cid, res, skip_bad)
+                continue
+            s = which[cid]
+            shapes.add(tuple(res["in_plane_shape"]))
+            transform = transform or res["transform"]
+            extra[s]["cases"] += 1
+            if s == "train":
+                keep = res["healthy"]
+                extra[s]["diseased_left_out"] += int((~keep).sum())
+                writers[s].add(res["images"][keep], case_id=cid, healthy=True,
+                               slice_index=res["slice_index"][keep], source=cid)
+            else:
+                raw = res["raw_labels"]
+                writers[s].add(res["images"], labels=raw > 0, raw_labels=raw, case_id=cid,
+                               slice_index=res["slice_index"], healthy=res["healthy"],
+                               source=cid)
+        bad = {d["case"] for d in skipped}
+        split_info = {"dataset": "brats", "seed": int(seed), "fractions": list(split),
+                      **{s: [c for c in lst if c not in bad] for s, lst in splits.items()},
+                      "skipped": skipped, "params": params,
+                      "source": str(Path(src_root).resolve())}
+        meta = {"dataset": "brats", "channels": list(BRATS_MODALITIES),
+                "image_size": int(image_size), "source": str(Path(src_root).resolve()),
+                "normalisation": {"method": "percentile_clip_nonzero", "low": float(low),
+                                  "high": float(high), "doc": NORMALISATION_DOC},
+                "geometry": {"slice_axis": 2, "slice_range": "drop_bottom : Z - drop_top",
+                             "drop_bottom": int(drop_bottom), "drop_top": int(drop_top),
+                             "in_plane_shapes": sorted(list(s) for s in shapes),
+                             "transform": transform,
+                             "rule": "zero-pad centred when it fits, else pad to square "
+                                     "then resize (labels nearest)"},
+                "labels": {"binary": "seg > 0", "raw": "BraTS labels 0/1/2/4",
+                           "healthy": "slice label all zero"},
+                "split": {"seed": int(seed), "fractions": list(split), "by": "patient"},
+                "skipped": skipped}
+        meta = finish(tmp, writers, meta, split_info, extra)
     meta["out_dir"] = str(out)
     return meta
 
@@ -222,41 +218,37 @@ def prepare_folder(src_root: str | Path, out_dir: str | Path, *, image_size: int
               "nan_policy": nan_policy}
     skipped: list[dict] = []
     transforms: dict[str, Any] = {}
-    with atomic_output_dir(out, overwrite) as tmp:
-        writers = new_writers(tmp, channels, image_size, raw_labels=False)
-        try:
-            jobs = [(str(p), params) for p in files]
-            results = progress(parallel_map(_folder_job, jobs, workers), len(jobs), "files",
-                               show_progress)
-            for name, res in zip(rel, results):
-                if isinstance(res, DataError):
-                    _skip(skipped, name, res, skip_bad)
-                    continue
-                images, _, tf = res
-                transforms.setdefault(str(tf["in_shape"]), tf)
-                nslices = images.shape[0]
-                s = "val" if name in val else "train"
-                idx = np.arange(nslices) + (drop_bottom if is_nifti(name) else 0)
-                writers[s].add(images, case_id=name, slice_index=idx, healthy=True, source=name)
-            bad = {d["case"] for d in skipped}
-            split_info = {"dataset": "folder", "seed": int(seed), "val_fraction": val_fraction,
-                          "train": [r for r in rel if r not in val and r not in bad],
-                          "val": [r for r in rel if r in val and r not in bad], "test": [],
-                          "skipped": skipped, "params": params, "source": str(root.resolve())}
-            meta = {"dataset": "folder", "channels": [f"c{i}" for i in range(channels)]
-                    if channels > 1 else ["image"], "image_size": int(image_size),
-                    "source": str(root.resolve()),
-                    "normalisation": {"method": "percentile_clip_nonzero (NIfTI); dtype range "
-                                                "(images)", "low": float(low), "high": float(high),
-                                      "doc": NORMALISATION_DOC},
-                    "geometry": {"slice_axis": 2, "drop_bottom": int(drop_bottom),
-                                 "drop_top": int(drop_top), "keep_aspect": bool(keep_aspect),
-                                 "transforms": list(transforms.values())[:20]},
-                    "skipped": skipped}
-            meta = finish(tmp, writers, meta, split_info)
-        except BaseException:
-            abort(writers)
-            raise
+    with atomic_output_dir(out, overwrite) as tmp, \
+         split_writers(tmp, channels, image_size, raw_labels=False) as writers:
+        jobs = [(str(p), params) for p in files]
+        results = progress(parallel_map(_folder_job, jobs, workers), len(jobs), "files",
+                           show_progress)
+        for name, res in zip(rel, results):
+            if isinstance(res, DataError):
+                _skip(skipped, name, res, skip_bad)
+                continue
+            images, _, tf = res
+            transforms.setdefault(str(tf["in_shape"]), tf)
+            nslices = images.shape[0]
+            s = "val" if name in val else "train"
+            idx = np.arange(nslices) + (drop_bottom if is_nifti(name) else 0)
+            writers[s].add(images, case_id=name, slice_index=idx, healthy=True, source=name)
+        bad = {d["case"] for d in skipped}
+        split_info = {"dataset": "folder", "seed": int(seed), "val_fraction": val_fraction,
+                      "train": [r for r in rel if r not in val and r not in bad],
+                      "val": [r for r in rel if r in val and r not in bad], "test": [],
+                      "skipped": skipped, "params": params, "source": str(root.resolve())}
+        meta = {"dataset": "folder", "channels": [f"c{i}" for i in range(channels)]
+                if channels > 1 else ["image"], "image_size": int(image_size),
+                "source": str(root.resolve()),
+                "normalisation": {"method": "percentile_clip_nonzero (NIfTI); dtype range "
+                                            "(images)", "low": float(low), "high": float(high),
+                                  "doc": NORMALISATION_DOC},
+                "geometry": {"slice_axis": 2, "drop_bottom": int(drop_bottom),
+                             "drop_top": int(drop_top), "keep_aspect": bool(keep_aspect),
+                             "transforms": list(transforms.values())[:20]},
+                "skipped": skipped}
+        meta = finish(tmp, writers, meta, split_info)
     meta["out_dir"] = str(out)
     return meta
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -159,9 +160,19 @@ def check_params(image_size: int, low: float = 0.0, high: float = 100.0) -> None
         raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
 
 
-def new_writers(root: Path, channels: int, size: int, raw_labels: bool) -> dict[str, SplitWriter]:
-    return {s: SplitWriter(root, s, channels, size, raw_labels=raw_labels)
-            for s in ("train", "val", "test")}
+@contextlib.contextmanager
+def split_writers(root: Path, channels: int, size: int, raw_labels: bool
+                  ) -> Iterator[dict[str, SplitWriter]]:
+    """Writers for the train/val/test splits; on any failure inside the block they are aborted
+    (their partial files removed) before the exception propagates."""
+    writers = {s: SplitWriter(root, s, channels, size, raw_labels=raw_labels)
+               for s in ("train", "val", "test")}
+    try:
+        yield writers
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
 
 
 def finish(root: Path, writers: dict[str, SplitWriter], meta: dict[str, Any],
@@ -185,8 +196,4 @@ def finish(root: Path, writers: dict[str, SplitWriter], meta: dict[str, Any],
     write_json(root / "meta.json", meta)
     return meta
 
-
-def abort(writers: dict[str, SplitWriter]) -> None:
-    for w in writers.values():
-        w.abort()
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from napari_berdiff.core.data.readers import DataError, is_image
-from src_training.prepare_common import (abort, check_params, finish, image_job, new_writers,
+from src_training.prepare_common import (check_params, finish, image_job, split_writers,
                                          parallel_map, progress, split_by_group)
 from src_training.prepared_format import atomic_output_dir, check_can_write
 
@@ -144,48 +144,44 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
               "max_per_class": max_per_class, "seed": int(seed)}
     per_class = {s: {} for s in assign}
     transforms: dict[str, Any] = {}
-    with atomic_output_dir(out, overwrite) as tmp:
-        writers = new_writers(tmp, 1, image_size, raw_labels=False)
-        try:
-            order = [(s, t) for s in ("train", "val", "test") for t in assign[s]]
-            jobs = [(str(img), None if mask is None else str(mask), int(image_size), keep_aspect, 1)
-                    for _, (_, img, mask) in order]
-            results = progress(parallel_map(image_job, jobs, workers), len(jobs), "OCT images",
-                               show_progress)
-            for (s, (cls, img, mask)), res in zip(order, results):
-                if isinstance(res, DataError):
-                    raise res
-                images, m, tf = res
-                transforms.setdefault(str(tf["in_shape"]), tf)
-                pid, n = _ids(img)
-                if s == "train":
-                    writers[s].add(images, case_id=pid, slice_index=n, healthy=True,
-                                   class_name=cls, source=str(img.relative_to(base)))
-                else:
-                    writers[s].add(images, labels=m, case_id=pid, slice_index=n,
-                                   healthy=cls == HEALTHY_CLASS, class_name=cls,
-                                   has_mask=m is not None, source=str(img.relative_to(base)))
-                per_class[s][cls] = per_class[s].get(cls, 0) + 1
-            split_info = {"dataset": "oct", "seed": int(seed), "params": params,
-                          "source": str(base.resolve()),
-                          "layout": "flat" if "" in layout else "kermany",
-                          **{s: [str(t[1].relative_to(base)) for t in assign[s]] for s in assign}}
-            meta = {"dataset": "oct", "channels": ["oct"], "image_size": int(image_size),
-                    "source": str(base.resolve()),
-                    "normalisation": {"method": "dtype range", "doc": "8-bit / 255, 16-bit / "
-                                      "65535, RGB -> gray (ITU-R 709)"},
-                    "geometry": {"keep_aspect": bool(keep_aspect),
-                                 "transforms": list(transforms.values())[:20]},
-                    "labels": {"binary": "mask > 0 (from <CLASS>_masks/<stem>.png)",
-                               "healthy": f"class {HEALTHY_CLASS}"},
-                    "classes": sorted({c for cl in layout.values() for c in cl}),
-                    "split": {"seed": int(seed), "by": "patient", **params},
-                    "skipped": []}
-            extra = {s: {"classes": per_class[s]} for s in per_class}
-            extra["train"]["diseased_unused"] = unused
-            meta = finish(tmp, writers, meta, split_info, extra)
-        except BaseException:
-            abort(writers)
-            raise
+    with atomic_output_dir(out, overwrite) as tmp, \
+         split_writers(tmp, 1, image_size, raw_labels=False) as writers:
+        order = [(s, t) for s in ("train", "val", "test") for t in assign[s]]
+        jobs = [(str(img), None if mask is None else str(mask), int(image_size), keep_aspect, 1)
+                for _, (_, img, mask) in order]
+        results = progress(parallel_map(image_job, jobs, workers), len(jobs), "OCT images",
+                           show_progress)
+        for (s, (cls, img, mask)), res in zip(order, results):
+            if isinstance(res, DataError):
+                raise res
+            images, m, tf = res
+            transforms.setdefault(str(tf["in_shape"]), tf)
+            pid, n = _ids(img)
+            if s == "train":
+                writers[s].add(images, case_id=pid, slice_index=n, healthy=True,
+                               class_name=cls, source=str(img.relative_to(base)))
+            else:
+                writers[s].add(images, labels=m, case_id=pid, slice_index=n,
+                               healthy=cls == HEALTHY_CLASS, class_name=cls,
+                               has_mask=m is not None, source=str(img.relative_to(base)))
+            per_class[s][cls] = per_class[s].get(cls, 0) + 1
+        split_info = {"dataset": "oct", "seed": int(seed), "params": params,
+                      "source": str(base.resolve()),
+                      "layout": "flat" if "" in layout else "kermany",
+                      **{s: [str(t[1].relative_to(base)) for t in assign[s]] for s in assign}}
+        meta = {"dataset": "oct", "channels": ["oct"], "image_size": int(image_size),
+                "source": str(base.resolve()),
+                "normalisation": {"method": "dtype range", "doc": "8-bit / 255, 16-bit / "
+                                  "65535, RGB -> gray (ITU-R 709)"},
+                "geometry": {"keep_aspect": bool(keep_aspect),
+                             "transforms": list(transforms.values())[:20]},
+                "labels": {"binary": "mask > 0 (from <CLASS>_masks/<stem>.png)",
+                           "healthy": f"class {HEALTHY_CLASS}"},
+                "classes": sorted({c for cl in layout.values() for c in cl}),
+                "split": {"seed": int(seed), "by": "patient", **params},
+                "skipped": []}
+        extra = {s: {"classes": per_class[s]} for s in per_class}
+        extra["train"]["diseased_unused"] = unused
+        meta = finish(tmp, writers, meta, split_info, extra)
     meta["out_dir"] = str(out)
     return meta
