@@ -25,7 +25,7 @@ from . import preprocess
 from .checkpoint import Checkpoint, load_checkpoint
 from .device import resolve_device
 from .sampler import SamplerStep, drive, masked_sampler, resolve_seeds
-from .schedule import BernoulliSchedule
+from .schedule import BernoulliSchedule, step_grid
 
 NORMALIZE_MODES = ("auto", "percentile", "none")
 
@@ -144,7 +144,7 @@ class Detector:
         geom = preprocess.plan((H, W), self.image_size, self.preprocess_mode, self.canvas)
         per_batch = max(1, int(batch_size or 8) // K)
         chunks = [(a, min(a + per_batch, N)) for a in range(0, N, per_batch)]
-        n_steps = len(_grid(L, steps))
+        n_steps = len(step_grid(L, steps)) - 1  # network evaluations
         total = len(chunks) * n_steps
 
         recon = np.zeros((K, N, C, H, W), np.float32)
@@ -208,12 +208,6 @@ class Detector:
 
 
 # -- helpers ------------------------------------------------------------------------------
-def _grid(L, steps):
-    from .schedule import step_grid
-
-    return step_grid(L, steps)[:-1]
-
-
 def _gen(seed: int, device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
