@@ -30,6 +30,9 @@ def add_kind_parsers(sub, name_format: str = "{}") -> dict:
     o.add_argument("--keep-aspect", action="store_true")
     o.add_argument("--val-fraction", type=float, default=0.1)
     o.add_argument("--max-per-class", type=int, default=None)
+    o.add_argument("--normal-test-fraction", type=float, default=0.0,
+                   help="flat layout: share of the NORMAL patients held out as healthy test images "
+                        "(default 0: all non-val NORMAL images train)")
     f = sub.add_parser(name_format.format("folder"), parents=[common],
                        help="prepare any folder of NIfTI volumes or images as healthy training data")
     f.add_argument("--channels", type=int, default=1)
@@ -70,6 +73,7 @@ def run_args(a: argparse.Namespace) -> int:
         elif a.kind == "oct":
             meta = prepare_oct(a.src, a.out, keep_aspect=a.keep_aspect,
                                val_fraction=a.val_fraction, max_per_class=a.max_per_class,
+                               normal_test_fraction=a.normal_test_fraction,
                                **common)
         else:
             meta = prepare_folder(a.src, a.out, channels=a.channels, keep_aspect=a.keep_aspect,
