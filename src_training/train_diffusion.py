@@ -171,6 +171,7 @@ def train_diffusion(
     meta_defaults: Mapping[str, Any] | None = None,
     progress: bool = True,
     on_end: Callable[[TrainTask], None] | None = None,
+    init_unet: str | Path | None = None,
 ) -> Path:
     """Train the diffusion U-Net on the codes of the frozen autoencoder in ``ae_checkpoint``;
     returns the path of ``out_dir/model.pt`` (autoencoder + U-Net + schedule + meta).
@@ -179,7 +180,9 @@ def train_diffusion(
     autoencoder matches the checkpoint's. ``meta`` entries are added to (and override) the ones
     carried over from the autoencoder checkpoint; ``meta_defaults`` fill in only what that meta
     lacks (the CLI passes the prepared data's channel names and preprocessing there).
-    ``sample_L`` is the noise level of the sample grids. The other options are those of
+    ``sample_L`` is the noise level of the sample grids. ``init_unet``: a diffusion checkpoint whose
+    U-Net weights start the run (fine-tuning on a further-trained autoencoder; same U-Net config;
+    ignored when the run resumes from ``out_dir/last.pt``). The other options are those of
     :func:`~src_training.train_autoencoder.train_autoencoder`.
     """
     info = init_distributed(device)
@@ -210,11 +213,28 @@ def train_diffusion(
         "diffusion", steps=steps, preset=preset, dataset=dataset, world_size=info.world_size,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema=ema, seed=seed,
         amp=amp_cfg.name, device=str(info.device))
+    init = _init_checkpoint(init_unet, cfg) if init_unet is not None else None
+    if init is not None:
+        out_meta["training"].update(init_unet=str(init.path), init_unet_sha256=init.sha256)
     samples = fixed_batch(dataset, 4, info.device)
     seed_everything(seed)  # identical initial weights on every rank
     task = DiffusionTask(ck, cfg, schedule, info, amp=amp_cfg, lr=lr, weight_decay=weight_decay,
                          ema=ema, meta=out_meta, samples=samples, sample_L=sample_L)
+    if init is not None:  # a resumed run's last.pt replaces these weights again
+        task.unet.load_state_dict(init.unet_state)
+        task.state.emas["unet"].shadow.load_state_dict(init.unet_state)
     return run_training(task, dataset, opts)
+
+
+def _init_checkpoint(path: str | Path, cfg: UNetConfig) -> Checkpoint:
+    """The diffusion checkpoint at ``path``, checked to hold a U-Net of config ``cfg``."""
+    init = load_checkpoint(path)
+    if init.unet_state is None or init.unet_config is None:
+        raise ValueError(f"{path} holds no diffusion U-Net to start from")
+    if init.unet_config != cfg:
+        raise ValueError(f"the U-Net in {path} has another config ({init.unet_config.to_dict()}) "
+                         f"than this run's ({cfg.to_dict()})")
+    return init
 
 
 if __name__ == "__main__":  # torchrun -m src_training.train_diffusion DATA --ae AE.pt --out DIR

@@ -87,3 +87,24 @@ def test_cli_train_diffusion(ae_ckpt, tmp_path, capsys):
     code = main(["train-diffusion", str(data), "--ae", str(tmp_path / "missing.pt"), "--out",
                  str(out), "--device", "cpu", "--quiet"])
     assert code == 2 and "checkpoint file not found" in capsys.readouterr().err
+
+
+def test_init_starts_from_another_runs_unet(ae_ckpt, tmp_path, capsys):
+    from napari_berdiff.cli import main
+
+    first = train_diffusion(Blobs(12), ae_ckpt, tmp_path / "a", steps=6, batch_size=4, lr=3e-3,
+                            ema=0.5, ckpt_every=6, sample_every=100, seed=1, device="cpu",
+                            resume=False, progress=False)
+    data = make_prepared_dir(tmp_path / "prepared", n=12, channels=2)
+    out = tmp_path / "b"
+    code = main(["train-diffusion", str(data), "--ae", str(ae_ckpt), "--out", str(out), "--init",
+                 str(first), "--steps", "1", "--batch-size", "2", "--lr", "0", "--ema", "0.5",
+                 "--sample-every", "100", "--device", "cpu", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    src, tuned = load_checkpoint(first), load_checkpoint(out / "model.pt")
+    # lr 0: one step moves nothing, so the result holds exactly the initial weights
+    assert all(torch.equal(v, src.unet_state[k]) for k, v in tuned.unet_state.items())
+    assert tuned.meta["training"]["init_unet_sha256"] == src.sha256
+    code = main(["train-diffusion", str(data), "--ae", str(ae_ckpt), "--out", str(tmp_path / "c"),
+                 "--init", str(ae_ckpt), "--steps", "1", "--device", "cpu", "--quiet"])
+    assert code == 2 and "holds no diffusion U-Net" in capsys.readouterr().err

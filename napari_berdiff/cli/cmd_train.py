@@ -79,6 +79,9 @@ def register(sub) -> None:
                    help="U-Net size (default: the preset of the autoencoder)")
     q.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0)")
     q.add_argument("--sample-L", type=int, default=200, help="noise level of the sample grids (200)")
+    q.add_argument("--init", metavar="MODEL", default=None,
+                   help="start from the U-Net weights of this diffusion checkpoint (e.g. fine-tune "
+                        "after the autoencoder trained further); ignored when resuming")
     q.set_defaults(func=run_diffusion)
 
 
@@ -133,4 +136,4 @@ def run_diffusion(args) -> int:
     # the autoencoder checkpoint's meta is carried forward; the data's fills in what it lacks
     return _run(train_diffusion, ds, args.ae, args.out, preset=args.config,
                 weight_decay=args.weight_decay, sample_L=args.sample_L, meta_defaults=meta,
-                **_loop_kwargs(args))
+                init_unet=args.init, **_loop_kwargs(args))
