@@ -10,10 +10,105 @@ x, x_rec)))``; ``berdiff evaluate`` uses the same pieces.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["paper_anomaly_map", "normalize_map", "segment", "remove_small_components"]
+__all__ = ["paper_anomaly_map", "normalize_map", "segment", "remove_small_components",
+           "median_filter_2d"]
+
+_CHUNK = 1 << 16  # elements per plane of the sorting network: 26 planes stay in the CPU cache
+
+
+def _batcher(n: int) -> list[tuple[int, int]]:
+    """Batcher's odd-even merge sort: comparators ``(i, j)``, ``i < j``, for ``n = 2**m`` wires."""
+    out = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        out.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return out
+
+
+@lru_cache(maxsize=None)
+def _selection_network(m: int, rank: int) -> tuple[tuple, int]:
+    """A comparator network that puts the ``rank``-th smallest of ``m`` values on one wire:
+    Batcher's sorting network padded to a power of two with +inf wires, with the comparators
+    that touch a +inf wire turned into relabellings and those the result does not depend on
+    dropped (25 values: 113 comparators). Returns ``((a, b, need_min, need_max), ...)`` over
+    the ``m`` input planes (min -> a, max -> b) and the plane that ends up holding the result."""
+    n = 1
+    while n < m:
+        n *= 2
+    phys: list[int | None] = [w if w < m else None for w in range(n)]  # None: a +inf wire
+    ops = []
+    for i, j in _batcher(n):
+        a, b = phys[i], phys[j]
+        if b is None:  # max(a, inf) = inf stays on j, a stays on i
+            continue
+        if a is None:  # min(inf, b) = b moves to i
+            phys[i], phys[j] = b, None
+            continue
+        ops.append((a, b))
+    target = phys[rank]
+    need = {target}
+    keep = []
+    for a, b in reversed(ops):
+        if a in need or b in need:
+            keep.append((a, b, a in need, b in need))
+            need.update((a, b))
+    return tuple(reversed(keep)), target
+
+
+def median_filter_2d(a: np.ndarray, size: int = 5) -> np.ndarray:
+    """A ``size`` x ``size`` median over the last two axes of ``a`` (each 2D slice alone), equal
+    to ``scipy.ndimage.median_filter(a, size=(1, ..., size, size))`` with scipy's default
+    boundary mode "reflect" (``d c b a | a b c d | d c b a``), even sizes included (scipy's
+    upper median and window origin), same dtype.
+
+    A selection network of elementwise ``minimum``/``maximum`` over the ``size**2`` shifted
+    copies of a few slices at a time (so that they stay in the cache): about 6x faster than
+    scipy for 5x5 on 240x240 slices. Arrays with NaN or Inf go to scipy (whose order of
+    NaNs this does not reproduce)."""
+    a = np.asarray(a)
+    k = int(size)
+    if k <= 1 or a.size == 0:
+        return a.copy()
+    if a.ndim < 2:
+        raise ValueError(f"median_filter_2d needs at least 2 dimensions, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating) or (
+            np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()):
+        return ndimage.median_filter(a, size=(1,) * (a.ndim - 2) + (k, k))
+    H, W = a.shape[-2:]
+    lo, hi = k // 2, k - k // 2 - 1  # scipy's window for origin 0: [x - k//2, x + (k-1)//2]
+    flat = a.reshape(-1, H, W)
+    out = np.empty_like(flat)
+    ops, target = _selection_network(k * k, (k * k) // 2)
+    step = max(1, _CHUNK // (H * W))
+    for s in range(0, flat.shape[0], step):
+        p = np.pad(flat[s:s + step], ((0, 0), (lo, hi), (lo, hi)), mode="symmetric")
+        n = min(step, flat.shape[0] - s)
+        planes = [np.array(p[:, dy:dy + H, dx:dx + W]) for dy in range(k) for dx in range(k)]
+        spare = np.empty((n, H, W), a.dtype)
+        for x, y, need_min, need_max in ops:
+            px, py = planes[x], planes[y]
+            if need_min and need_max:
+                np.minimum(px, py, out=spare)
+                np.maximum(px, py, out=py)
+                planes[x], spare = spare, px
+            elif need_min:
+                np.minimum(px, py, out=px)
+            else:
+                np.maximum(px, py, out=py)
+        out[s:s + n] = planes[target]
+    return out.reshape(a.shape)
 
 
 def _stack(a: np.ndarray, ndim: int, what: str) -> tuple[np.ndarray, bool]:
@@ -29,7 +124,7 @@ def _stack(a: np.ndarray, ndim: int, what: str) -> tuple[np.ndarray, bool]:
 def paper_anomaly_map(x: np.ndarray, x_rec: np.ndarray, median_size: int = 5) -> np.ndarray:
     """``sum_c median_filter((x_c - x_rec_c)^2)``: per-channel squared error, a
     ``median_size`` x ``median_size`` median filter per channel (within each slice; borders
-    reflected as in scipy's default), then the sum over channels. ``median_size <= 1`` skips the
+    reflected as in scipy's default; :func:`median_filter_2d`), then the sum over channels. ``median_size <= 1`` skips the
     filter (the detector's raw map). ``(C, H, W) -> (H, W)``, ``(N, C, H, W) -> (N, H, W)``;
     float32."""
     xs, single = _stack(x, 4, "paper_anomaly_map x")
@@ -38,8 +133,7 @@ def paper_anomaly_map(x: np.ndarray, x_rec: np.ndarray, median_size: int = 5) ->
         raise ValueError(f"x {xs.shape} and x_rec {rs.shape} differ in shape")
     err = (xs.astype(np.float32) - rs.astype(np.float32)) ** 2
     if median_size and median_size > 1:
-        # filter only the two spatial axes: size 1 along the slice and channel axes
-        err = ndimage.median_filter(err, size=(1, 1, int(median_size), int(median_size)))
+        err = median_filter_2d(err, int(median_size))  # = scipy median_filter(size=(1, 1, k, k))
     out = err.sum(axis=1, dtype=np.float32)
     return out[0] if single else out
 
