@@ -74,8 +74,9 @@ class DiffusionTask(TrainTask):
 
     def __init__(self, ck: Checkpoint, cfg: UNetConfig, schedule: BernoulliSchedule,
                  info: DistInfo, *, amp, lr: float, weight_decay: float, ema: float, meta: dict,
-                 samples: torch.Tensor, sample_L: int) -> None:
+                 samples: torch.Tensor, sample_L: int, t_max: int | None = None) -> None:
         self.ck, self.cfg, self.schedule, self.info, self.amp = ck, cfg, schedule, info, amp
+        self.t_max = int(t_max or schedule.T)
         self.meta, self.samples, self.sample_L = meta, samples, int(sample_L)
         dev = info.device
         self.ae = ck.build_autoencoder(dev).requires_grad_(False)  # eval mode, frozen
@@ -91,7 +92,7 @@ class DiffusionTask(TrainTask):
             with self.amp.autocast():
                 probs = self.ae.encode(x)
             z0 = torch.bernoulli(probs.float())  # fresh stochastic code every step
-            t = torch.randint(1, self.schedule.T + 1, (x.shape[0],), device=x.device)
+            t = torch.randint(1, self.t_max + 1, (x.shape[0],), device=x.device)
             z_t = self.schedule.q_sample(z0, t)
         with self.amp.autocast():
             logits = self.unet_ddp(z_t, t)
@@ -172,6 +173,7 @@ def train_diffusion(
     progress: bool = True,
     on_end: Callable[[TrainTask], None] | None = None,
     init_unet: str | Path | None = None,
+    t_max: int | None = None,
 ) -> Path:
     """Train the diffusion U-Net on the codes of the frozen autoencoder in ``ae_checkpoint``;
     returns the path of ``out_dir/model.pt`` (autoencoder + U-Net + schedule + meta).
@@ -182,7 +184,10 @@ def train_diffusion(
     lacks (the CLI passes the prepared data's channel names and preprocessing there).
     ``sample_L`` is the noise level of the sample grids. ``init_unet``: a diffusion checkpoint whose
     U-Net weights start the run (fine-tuning on a further-trained autoencoder; same U-Net config;
-    ignored when the run resumes from ``out_dir/last.pt``). The other options are those of
+    ignored when the run resumes from ``out_dir/last.pt``). ``t_max``: train on steps t in
+    1..t_max only (default T): the detector never samples above its L, so a model meant for L <= 400
+    spends its whole budget there; recorded as ``meta["max_L"]``, which the detector and the widget
+    respect. The other options are those of
     :func:`~src_training.train_autoencoder.train_autoencoder`.
     """
     info = init_distributed(device)
@@ -213,13 +218,18 @@ def train_diffusion(
         "diffusion", steps=steps, preset=preset, dataset=dataset, world_size=info.world_size,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema=ema, seed=seed,
         amp=amp_cfg.name, device=str(info.device))
+    if t_max is not None and not 1 <= int(t_max) <= schedule.T:
+        raise ValueError(f"t_max must be in 1..{schedule.T}, got {t_max}")
+    out_meta["training"]["t_max"] = int(t_max or schedule.T)
+    out_meta["max_L"] = int(t_max or schedule.T)
     init = _init_checkpoint(init_unet, cfg) if init_unet is not None else None
     if init is not None:
         out_meta["training"].update(init_unet=str(init.path), init_unet_sha256=init.sha256)
     samples = fixed_batch(dataset, 4, info.device)
     seed_everything(seed)  # identical initial weights on every rank
     task = DiffusionTask(ck, cfg, schedule, info, amp=amp_cfg, lr=lr, weight_decay=weight_decay,
-                         ema=ema, meta=out_meta, samples=samples, sample_L=sample_L)
+                         ema=ema, meta=out_meta, samples=samples,
+                         sample_L=min(sample_L, int(t_max or schedule.T)), t_max=t_max)
     if init is not None:  # a resumed run's last.pt replaces these weights again
         task.unet.load_state_dict(init.unet_state)
         task.state.emas["unet"].shadow.load_state_dict(init.unet_state)

@@ -108,3 +108,23 @@ def test_init_starts_from_another_runs_unet(ae_ckpt, tmp_path, capsys):
     code = main(["train-diffusion", str(data), "--ae", str(ae_ckpt), "--out", str(tmp_path / "c"),
                  "--init", str(ae_ckpt), "--steps", "1", "--device", "cpu", "--quiet"])
     assert code == 2 and "holds no diffusion U-Net" in capsys.readouterr().err
+
+
+def test_t_max_limits_the_training_steps_and_is_recorded(ae_ckpt, tmp_path):
+    from napari_berdiff.core.schedule import BernoulliSchedule
+
+    seen = []
+
+    class Recording(BernoulliSchedule):
+        def q_sample(self, z0, t, generator=None):
+            seen.append(int(t.max()))
+            return super().q_sample(z0, t, generator=generator)
+
+    path = train_diffusion(Blobs(12), ae_ckpt, tmp_path / "a", steps=8, batch_size=8, t_max=5,
+                           schedule=Recording(), sample_every=100, device="cpu", resume=False,
+                           progress=False)
+    assert seen and max(seen) <= 5
+    ck = load_checkpoint(path)
+    assert ck.meta["max_L"] == 5 and ck.meta["training"]["t_max"] == 5
+    with pytest.raises(ValueError, match="t_max must be in"):
+        train_diffusion(Blobs(4), ae_ckpt, tmp_path / "b", steps=1, t_max=0, device="cpu")

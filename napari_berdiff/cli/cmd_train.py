@@ -82,6 +82,9 @@ def register(sub) -> None:
     q.add_argument("--init", metavar="MODEL", default=None,
                    help="start from the U-Net weights of this diffusion checkpoint (e.g. fine-tune "
                         "after the autoencoder trained further); ignored when resuming")
+    q.add_argument("--t-max", type=int, default=None,
+                   help="train on noise steps 1..T_MAX only (default: all 1000); the model is then "
+                        "meant for L <= T_MAX (recorded in the checkpoint)")
     q.set_defaults(func=run_diffusion)
 
 
@@ -136,4 +139,4 @@ def run_diffusion(args) -> int:
     # the autoencoder checkpoint's meta is carried forward; the data's fills in what it lacks
     return _run(train_diffusion, ds, args.ae, args.out, preset=args.config,
                 weight_decay=args.weight_decay, sample_L=args.sample_L, meta_defaults=meta,
-                init_unet=args.init, **_loop_kwargs(args))
+                init_unet=args.init, t_max=args.t_max, **_loop_kwargs(args))
