@@ -9,6 +9,13 @@ Intensities: the model expects each channel in [0, 1] as in training. ``normaliz
 data already in [0, 1] alone and otherwise applies the training preparation's per-volume robust
 percentile normalisation over the whole stack given (pass a whole volume, not a lone slice, so that
 the statistics are the volume's).
+
+Speed (see :mod:`.batching` and :mod:`.accel`): ``batch_size="auto"`` (the default) runs as many
+slices x thresholds per network call as the device's free memory allows, so a whole volume takes
+one or a few calls; results do not depend on the batch size (per-trajectory seeds). Slices that
+are constant (e.g. all zeros outside the brain) are skipped by default: zero anomaly map, masked
+fraction 0, input as reconstruction, listed in ``provenance["skipped_slices"]``. On CUDA the
+networks run under bf16/fp16 autocast (``amp``), optionally channels_last and ``torch.compile``-d.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import numpy as np
 import torch
 
 from . import preprocess
+from .accel import autocast, maybe_compile, resolve_amp, to_channels_last
+from .batching import BatchPlan, available_memory, empty_slices, plan_batches
 from .checkpoint import Checkpoint, load_checkpoint
 from .device import resolve_device
 from .sampler import SamplerStep, drive, masked_sampler, resolve_seeds
@@ -56,18 +65,39 @@ class DetectProgress:
 
     done: int
     total: int
-    images: tuple[int, int]  # the slice range [start, stop) of the current batch
+    images: tuple[int, int]  # the slice range [first, last + 1) of the current batch
     step: SamplerStep
+    slices: tuple[int, ...] = ()  # the stack positions in the current batch (skipped ones absent)
 
 
 class Detector:
-    """A trained autoencoder + diffusion U-Net ready for inference on one device."""
+    """A trained autoencoder + diffusion U-Net ready for inference on one device.
+
+    Speed options (results agree with the defaults within the tests' tolerances):
+
+    - ``amp``: ``"auto"`` (default: bf16 autocast on CUDA where supported, else fp16; off on the
+      CPU), ``"off"``, ``"bf16"`` (allowed on the CPU when asked for), ``"fp16"`` (CUDA only).
+      Autocast covers the U-Net and the autoencoder; flip probabilities, the sampler's
+      arithmetic and the maps stay float32.
+    - ``channels_last``: NHWC memory format for both networks (helps CUDA convolutions).
+    - ``compile``: ``torch.compile`` the U-Net (``True``: inductor, or a backend name); when
+      compilation fails the detector warns once and runs eagerly (``provenance["compile"]``).
+    """
 
     def __init__(self, autoencoder, unet, schedule: BernoulliSchedule | None = None, *,
-                 meta: dict | None = None, model_hash: str = "unsaved", device="auto"):
+                 meta: dict | None = None, model_hash: str = "unsaved", device="auto",
+                 amp: str = "auto", channels_last: bool = False, compile: bool | str = False):
         self.device, self.device_warning = resolve_device(device)
+        self.amp = str(amp)
+        self.amp_dtype = resolve_amp(amp, self.device)
+        self.channels_last = bool(channels_last)
         self.autoencoder = autoencoder.to(self.device).eval()
         self.unet = unet.to(self.device).eval()
+        if self.channels_last:
+            to_channels_last(self.autoencoder)
+            to_channels_last(self.unet)
+        self._unet_forward = maybe_compile(self.unet, compile)
+        self.compile = compile
         self.schedule = schedule or BernoulliSchedule()
         self.meta = dict(meta or {})
         self.model_hash = model_hash
@@ -76,10 +106,31 @@ class Detector:
         self.canvas = pre.get("canvas")
 
     @classmethod
-    def from_checkpoint(cls, source: str | Checkpoint, device="auto") -> "Detector":
+    def from_checkpoint(cls, source: str | Checkpoint, device="auto", **options) -> "Detector":
+        """Build from a checkpoint file (or loaded :class:`Checkpoint`); ``options`` are the speed
+        options of the constructor (``amp``, ``channels_last``, ``compile``)."""
         ck = source if isinstance(source, Checkpoint) else load_checkpoint(source)
         return cls(ck.build_autoencoder(), ck.build_unet(), ck.build_schedule(), meta=ck.meta,
-                   model_hash=ck.short_hash, device=device)
+                   model_hash=ck.short_hash, device=device, **options)
+
+    def plan_batches(self, n_thresholds: int = 1, batch_size="auto", reserve_bytes: int = 0,
+                     **kwargs) -> BatchPlan:
+        """The :class:`~.batching.BatchPlan` for this model and device (``batch_size`` "auto" or
+        an int of trajectories); ``reserve_bytes`` is subtracted from the free memory first."""
+        avail = None
+        if reserve_bytes and "available" not in kwargs:
+            avail = max(0, available_memory(self.device) - int(reserve_bytes))
+        kwargs.setdefault("available", avail)
+        return plan_batches(self.autoencoder.config, self.unet.config, self.device, batch_size,
+                            **kwargs)
+
+    @property
+    def speed_settings(self) -> dict:
+        """The speed options in effect (for provenance and benchmarks)."""
+        status = getattr(self._unet_forward, "status", "off")
+        return {"amp": self.amp, "amp_dtype": None if self.amp_dtype is None else str(self.amp_dtype),
+                "channels_last": self.channels_last,
+                "compile": status if self.compile else "off"}
 
     @property
     def in_channels(self) -> int:
@@ -115,17 +166,20 @@ class Detector:
         steps: int | None = None,
         seed: int = 0,
         indices: Sequence[int] | None = None,
-        batch_size: int | None = None,
+        batch_size: int | str | None = "auto",
         normalize: str = "auto",
         deterministic_encoding: bool = False,
         deterministic_last_step: bool = False,
         keep_mask_history: bool = False,
+        skip_empty: bool = True,
     ) -> Generator[DetectProgress, None, DetectionResult]:
         """Generator over sampler steps; returns a :class:`DetectionResult`.
 
         ``images``: (N, C, H, W) or (C, H, W) array/tensor. ``indices``: per-slice numbers used for
         the seeds (image ``i`` uses ``seed + indices[i]``; default 0..N-1). ``batch_size`` counts
-        trajectories (slices x thresholds) per network call (default 8).
+        trajectories (slices x thresholds) per network call: ``"auto"``/None (default) chooses it
+        from the free memory (:meth:`plan_batches`), an int is used as given (at least one slice
+        per call). ``skip_empty``: constant slices get no network work (see the module docstring).
         """
         t_start = time.perf_counter()
         x = _as_stack(images)
@@ -142,51 +196,43 @@ class Detector:
             raise ValueError(f"got {len(idx)} indices for {N} slices")
         image_seeds = resolve_seeds([seed + i for i in idx], N)
         geom = preprocess.plan((H, W), self.image_size, self.preprocess_mode, self.canvas)
-        per_batch = max(1, int(batch_size or 8) // K)
-        chunks = [(a, min(a + per_batch, N)) for a in range(0, N, per_batch)]
-        n_steps = len(step_grid(L, steps)) - 1  # network evaluations
-        total = len(chunks) * n_steps
+        n_steps = len(step_grid(L, steps)) - 1  # network evaluations per batch
 
         recon = np.zeros((K, N, C, H, W), np.float32)
         amap = np.zeros((K, N, H, W), np.float32)
         frac = np.zeros((K, N), np.float32)
+        skipped = empty_slices(x) if skip_empty else np.zeros(N, bool)
+        recon[:, skipped] = x[skipped]  # nothing to reconstruct: the map stays 0
+        plan = self.plan_batches(K, batch_size, reserve_bytes=_host_bytes(self.device, recon, amap))
+        run = np.flatnonzero(~skipped)
+        per = plan.slices_per_call(K)
+        chunks = [run[a:a + per] for a in range(0, len(run), per)]
+        total = len(chunks) * n_steps
         hist = None
+        if keep_mask_history:
+            h = self.image_size // self.autoencoder.config.downsample_factor
+            hist = np.zeros((n_steps, K, N, h, h), np.float16)
         done = 0
-        for a, b in chunks:
-            xb = preprocess.to_model(torch.from_numpy(x[a:b]).to(self.device), geom)
-            with torch.inference_mode():
-                probs = self.autoencoder.encode(xb).float()
-                if deterministic_encoding:
-                    z = (probs > 0.5).float()
-                else:
-                    u = torch.stack([torch.rand(probs.shape[1:], device=self.device,
-                                                generator=_gen(s, self.device)) for s in image_seeds[a:b]])
-                    z = (u < probs).float()
+        for sel in chunks:
+            z = self._encode(x[sel], geom, [image_seeds[i] for i in sel], deterministic_encoding,
+                             plan.ae_images)
             gen = masked_sampler(self._flip_model, z, self.schedule, L, thresholds, steps=steps,
-                                 seeds=image_seeds[a:b], deterministic_last_step=deterministic_last_step)
+                                 seeds=[image_seeds[i] for i in sel],
+                                 deterministic_last_step=deterministic_last_step)
+            span, positions = (int(sel[0]), int(sel[-1]) + 1), tuple(int(i) for i in sel)
             while True:
                 try:
                     step = next(gen)
                 except StopIteration as stop:
                     out = stop.value
                     break
-                if keep_mask_history:
-                    if hist is None:
-                        h, w = step.mask.shape[-2:]
-                        hist = np.zeros((n_steps, K, N, h, w), np.float16)
-                    m = step.mask.float().mean(dim=1).reshape(b - a, K, *step.mask.shape[-2:])
-                    hist[step.index, :, a:b] = m.transpose(0, 1).cpu().numpy()
+                if hist is not None:
+                    m = step.mask.float().mean(dim=1).reshape(len(sel), K, *step.mask.shape[-2:])
+                    hist[step.index][:, sel] = m.transpose(0, 1).cpu().numpy()
                 done += 1
-                yield DetectProgress(done=done, total=total, images=(a, b), step=step)
-            with torch.inference_mode():
-                rec = self.autoencoder.decode(out.z0).float().clamp_(0, 1)  # (nb*K, C, S, S)
-                rec = preprocess.from_model(rec, geom).clamp_(0, 1)
-                xin = torch.from_numpy(x[a:b]).to(self.device).repeat_interleave(K, dim=0)
-                err = ((xin - rec) ** 2).sum(dim=1)
-            nb = b - a
-            recon[:, a:b] = rec.reshape(nb, K, C, H, W).transpose(0, 1).cpu().numpy()
-            amap[:, a:b] = err.reshape(nb, K, H, W).transpose(0, 1).cpu().numpy()
-            frac[:, a:b] = out.masked_fraction.reshape(nb, K).T.cpu().numpy()
+                yield DetectProgress(done=done, total=total, images=span, step=step, slices=positions)
+            frac[:, sel] = out.masked_fraction.reshape(len(sel), K).T.cpu().numpy()
+            self._decode_into(out.z0, x, sel, K, geom, plan.ae_images, recon, amap)
 
         prov = {
             "method": "masked Bernoulli latent diffusion (Wolleb et al., MICCAI 2024)",
@@ -197,14 +243,65 @@ class Detector:
             "preprocess": {"mode": self.preprocess_mode, "canvas": self.canvas, "size": self.image_size},
             "normalize": normalize, "deterministic_encoding": deterministic_encoding,
             "deterministic_last_step": deterministic_last_step,
+            "skip_empty": bool(skip_empty),
+            "skipped_slices": [idx[i] for i in np.flatnonzero(skipped)],
+            "batch": {"trajectories_per_call": plan.trajectories, "slices_per_call": per,
+                      "autoencoder_images_per_call": plan.ae_images, "source": plan.source,
+                      "calls": len(chunks), "network_evaluations": total},
+            **self.speed_settings,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t_start, 3),
             "versions": _versions(),
         }
         return DetectionResult(thresholds, recon, amap, frac, x, hist, prov)
 
+    # -- the pieces ------------------------------------------------------------------------
+    def _model_input(self, t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+
+    def _encode(self, xs: np.ndarray, geom, seeds: list[int], deterministic: bool,
+                per_call: int) -> torch.Tensor:
+        """Binary codes (n, C, h, w) of slices ``xs``, encoded ``per_call`` images at a time; the
+        Bernoulli draws use one generator per image seed (independent of the batching)."""
+        codes = []
+        with torch.inference_mode():
+            for a in range(0, len(xs), per_call):
+                xb = preprocess.to_model(torch.from_numpy(xs[a:a + per_call]).to(self.device), geom)
+                with autocast(self.device, self.amp_dtype):
+                    probs = self.autoencoder.encode(self._model_input(xb)).float().contiguous()
+                if deterministic:
+                    codes.append((probs > 0.5).float())
+                else:
+                    u = torch.stack([torch.rand(probs.shape[1:], device=self.device,
+                                                generator=_gen(s, self.device))
+                                     for s in seeds[a:a + per_call]])
+                    codes.append((u < probs).float())
+        return torch.cat(codes)
+
+    def _decode_into(self, z0: torch.Tensor, x: np.ndarray, sel: np.ndarray, K: int, geom,
+                     per_call: int, recon: np.ndarray, amap: np.ndarray) -> None:
+        """Decode the codes ``z0`` (trajectory ``b * K + k`` for slice ``sel[b]``) a few slices at
+        a time and write reconstructions and squared-error maps into ``recon`` / ``amap``."""
+        C, H, W = x.shape[1:]
+        per = max(1, per_call // K)
+        with torch.inference_mode():
+            for a in range(0, len(sel), per):
+                part = sel[a:a + per]
+                nb = len(part)
+                with autocast(self.device, self.amp_dtype):
+                    rec = self.autoencoder.decode(self._model_input(z0[a * K:(a + nb) * K]))
+                rec = preprocess.from_model(rec.float().clamp_(0, 1), geom).clamp_(0, 1)
+                xin = torch.from_numpy(x[part]).to(self.device).repeat_interleave(K, dim=0)
+                err = ((xin - rec) ** 2).sum(dim=1)
+                recon[:, part] = rec.reshape(nb, K, C, H, W).transpose(0, 1).cpu().numpy()
+                amap[:, part] = err.reshape(nb, K, H, W).transpose(0, 1).cpu().numpy()
+
     def _flip_model(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet.flip_prob(z_t, t)
+        """``eps_hat`` for the sampler: the U-Net (autocast, channels_last, compiled as set up),
+        sigmoid in float32, returned in the sampler's (contiguous float32) layout."""
+        with autocast(self.device, self.amp_dtype):
+            logits = self._unet_forward(self._model_input(z_t), t)
+        return torch.sigmoid(logits.float()).contiguous()
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -212,6 +309,11 @@ def _gen(seed: int, device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
+
+
+def _host_bytes(device: torch.device, *arrays: np.ndarray) -> int:
+    """Bytes the result arrays will occupy in the memory the batches draw on (CPU only)."""
+    return sum(a.nbytes for a in arrays) if device.type == "cpu" else 0
 
 
 def _versions() -> dict:
