@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from .train_state import collate_first
@@ -42,10 +43,41 @@ def check_dataset(dataset, in_channels: int, image_size: int, what: str,
 
 
 def fixed_batch(dataset, n: int, device: torch.device) -> torch.Tensor:
-    """The first ``n`` images of ``dataset`` (evenly spread over it), for sample grids."""
+    """``n`` images for the sample grids: from the prepared directory's validation split when it
+    has one (half healthy, half diseased slices, so that the grids show whether anomalies are
+    removed on images the model never trained on), else evenly spread over ``dataset``."""
+    val = _val_images(dataset, n)
+    if val is not None:
+        return val.to(device)
     n = max(1, min(int(n), len(dataset)))
     idx = torch.linspace(0, len(dataset) - 1, n).round().long().tolist()
     return collate_first([dataset[i] for i in idx]).to(device)
+
+
+def _val_images(dataset, n: int) -> torch.Tensor | None:
+    root = getattr(dataset, "root", None)
+    if root is None:
+        return None
+    from .datasets import PreparedDataset
+    from .prepared_format import split_files
+    try:
+        val = PreparedDataset(root, "val", healthy_only=False)
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return None
+    if len(val) == 0:
+        return None
+    with np.load(Path(root) / split_files("val")["index"], allow_pickle=False) as z:
+        healthy = np.asarray(z["healthy"], bool)
+    sick, well = np.flatnonzero(~healthy), np.flatnonzero(healthy)
+    k = min(len(sick), int(n) - min(len(well), int(n) // 2))
+    pick = [int(i) for i in np.linspace(0, len(sick) - 1, k).round()] if k > 0 else []
+    idx = [sick[i] for i in pick]
+    rest = int(n) - len(idx)
+    if rest > 0 and len(well):
+        idx += [well[int(i)] for i in np.linspace(0, len(well) - 1, min(rest, len(well))).round()]
+    if not idx:
+        return None
+    return collate_first([val[int(i)] for i in sorted(idx)])
 
 
 def dataset_label(dataset) -> str:
