@@ -165,6 +165,35 @@ def test_rank_sharding_splits_the_inputs(ck1, tmp_path):
         assert (prov["rank"], prov["world_size"]) == (i % 2, 2)
 
 
+def test_speed_options_batch_size_and_empty_slices(ck1, tmp_path):
+    """--batch-size auto|N, --amp, --channels-last: same maps; constant slices are skipped."""
+    from napari_berdiff.cli import main
+
+    vol = np.random.default_rng(3).random((20, 22, 6)).astype(np.float32) * 700
+    vol[..., 0] = 0.0  # outside the head: skipped
+    src = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(vol, AFFINE), str(src))
+    maps = {}
+    for name, opts in {"auto": ["--batch-size", "auto"],
+                       "one": ["--batch-size", "1", "--amp", "off", "--channels-last"]}.items():
+        out = tmp_path / name
+        assert main(["detect", str(src), "--model", str(ck1), "--out", str(out),
+                     *map(str, FAST), *opts]) == 0
+        maps[name] = nib.load(str(out / "vol_anomaly.nii.gz")).get_fdata()
+        prov = json.loads((out / "vol_provenance.json").read_text())["detector"]
+        assert prov["skipped_slices"] == [0] and prov["amp"] in ("auto", "off")
+        assert prov["batch"]["source"] == ("auto" if name == "auto" else "user")
+    assert prov["batch"]["slices_per_call"] == 1 and prov["batch"]["calls"] == 5
+    assert prov["channels_last"] is True
+    np.testing.assert_allclose(maps["auto"], maps["one"], atol=1e-5)
+    assert maps["auto"][..., 0].max() == 0 and maps["auto"][..., 1:].max() > 0
+    with pytest.raises(SystemExit):  # argparse: exit status 2 with a message
+        main(["detect", str(src), "--model", str(ck1), "--out", str(tmp_path / "x"),
+              "--batch-size", "0"])
+    assert main(["detect", str(src), "--model", str(ck1), "--out", str(tmp_path / "y"),
+                 *map(str, FAST), "--amp", "fp16"]) == 2  # fp16 needs CUDA
+
+
 # ----------------------------------------------------------------------------- helpers in-process
 def test_discover_inputs_names_and_kinds(tmp_path):
     (tmp_path / "a").mkdir()

@@ -38,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps S <= L (default L: every step; 20 is much faster)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8, help="slices per network call")
+    model_args.add_batch_size_arg(p)
     p.add_argument("--slices", default=None, metavar="A:B",
                    help="only these slices along the last axis (Python slice, e.g. 80:129)")
     p.add_argument("--threshold", type=float, default=0.5,

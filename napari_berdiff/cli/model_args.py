@@ -11,6 +11,42 @@ def add_model_args(p, required_model: bool = False) -> None:
     if not required_model:
         g.add_argument("--bundled", choices=("brats", "oct"), help="a model bundled with the package")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    add_speed_args(p)
+
+
+def add_speed_args(p) -> None:
+    """``--amp``, ``--channels-last``, ``--compile`` and ``--threads`` (see core.accel)."""
+    from ..core.accel import AMP_MODES
+
+    g = p.add_argument_group("speed")
+    g.add_argument("--amp", choices=AMP_MODES, default="auto",
+                   help="mixed precision for the networks: auto (default: bf16 on CUDA, fp16 on "
+                        "GPUs without bf16, off on the CPU), off, bf16, fp16 (CUDA only)")
+    g.add_argument("--channels-last", action="store_true",
+                   help="channels_last (NHWC) memory format for the networks (CUDA speed-up)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the U-Net (slow first call; falls back to eager with a "
+                        "warning when compilation fails)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: physical cores, unless OMP_NUM_THREADS "
+                        "is set)")
+
+
+def add_batch_size_arg(p, help_extra: str = "") -> None:
+    """``--batch-size auto|N``: trajectories (slices x thresholds) per network call."""
+    from ..core.batching import parse_batch_size
+
+    def _parse(v):
+        try:
+            return parse_batch_size(v)
+        except ValueError as err:
+            import argparse
+
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    p.add_argument("--batch-size", type=_parse, default="auto", metavar="auto|N",
+                   help="slices x thresholds per network call: auto (default: as many as the "
+                        "free memory allows) or a number" + help_extra)
 
 
 def load_detector(args, local_rank: str | None = None):
@@ -29,13 +65,23 @@ def load_detector(args, local_rank: str | None = None):
         if path is None:
             raise CLIError(f"the bundled {args.bundled} model is not installed (not trained yet or "
                            "stripped from this installation); pass --model CKPT")
+    from ..core.accel import configure_threads
+
     device = args.device
     if device == "auto" and local_rank is not None and torch.cuda.is_available():
         device = f"cuda:{int(local_rank) % torch.cuda.device_count()}"
-    det = Detector.from_checkpoint(str(path), device=device)
+    configure_threads(getattr(args, "threads", None))
+    det = Detector.from_checkpoint(str(path), device=device, **speed_options(args))
     if det.device_warning:
         print(f"warning: {det.device_warning}", file=sys.stderr)
     return det
+
+
+def speed_options(args) -> dict:
+    """The Detector speed options from parsed arguments (defaults where a command lacks them)."""
+    return {"amp": getattr(args, "amp", "auto"),
+            "channels_last": bool(getattr(args, "channels_last", False)),
+            "compile": bool(getattr(args, "compile", False))}
 
 
 class _Bar:
