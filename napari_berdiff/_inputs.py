@@ -3,8 +3,15 @@
 - :func:`auto_pick` matches image layers to the model's channels: by the ``modality`` in their
   metadata (reader, sample data), else by name (``... FLAIR``, ``..._t1ce``), all from one case;
   a one-channel model takes the selected image layer (OCT first).
+- Or one layer holds all the channels (a 4D ``(C, Z, Y, X)`` / ``(Z, Y, X, C)`` volume, a 2D
+  ``(C, Y, X)`` stack, or an RGB(A) layer whose colours are the channels):
+  :func:`find_channel_axis` finds the axis of the model's length (or says which channels the
+  model expects), :class:`SpatialView` is that layer without its channel axis (what outputs,
+  slice choice and the score plot need).
 - :func:`build_volume` stacks the chosen layers into a ``(C, Z, H, W)`` array in the layer's
   orientation, or explains in one sentence why it cannot.
+- :func:`fit_note` says how the model's input geometry treats slices of a given size when it is
+  worth knowing (cropped borders, strong rescaling).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -19,6 +27,8 @@ BUNDLED_CHOICES = {"bundled BraTS model": "brats", "bundled OCT model": "oct"}
 # the channels of the bundled models (to offer the inputs before their files exist)
 BUNDLED_CHANNELS = {"brats": ["flair", "t1", "t1ce", "t2"], "oct": ["oct"]}
 FILE_CHOICE = "checkpoint file…"
+CHANNEL_AXIS_LABELS = {"c", "ch", "chan", "channel", "channels", "modality", "modalities"}
+_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2", "oct": "OCT"}
 
 
 class InputError(ValueError):
@@ -29,6 +39,137 @@ def image_layers(viewer) -> list:
     from napari.layers import Image
 
     return [ly for ly in viewer.layers if isinstance(ly, Image) and not ly.rgb and ly.ndim in (2, 3)]
+
+
+def multichannel_layers(viewer, n_channels: int) -> list:
+    """Image layers that may hold all ``n_channels`` channels: 4D ones, RGB(A) ones, and (for a
+    multi-channel model) 3D ones read as ``(C, Y, X)``."""
+    from napari.layers import Image
+
+    out = []
+    for ly in viewer.layers:
+        if not isinstance(ly, Image) or getattr(ly, "multiscale", False):
+            continue
+        nd = len(ly.data.shape)
+        if ly.rgb or nd == 4 or (nd == 3 and n_channels > 1):
+            out.append(ly)
+    return out
+
+
+def channel_titles(channel_names: list[str] | None, n: int) -> str:
+    """``"4 channels (FLAIR, T1, T1ce, T2)"`` for messages."""
+    names = [_TITLES.get(str(c).lower(), str(c)) for c in (channel_names or [])]
+    what = f"{n} channel{'s' if n != 1 else ''}"
+    return f"{what} ({', '.join(names)})" if len(names) == n else what
+
+
+def find_channel_axis(layer, n_channels: int, channel_names: list[str] | None = None) -> int:
+    """The data axis of ``layer`` that holds the model's ``n_channels`` channels: the colour
+    axis of an RGB(A) layer, an axis labelled ``c``/``channel``, else the first or last axis of
+    that length (first preferred) of a 3D or 4D layer. Raises :class:`InputError` naming the
+    channels the model expects when none fits."""
+    shape = tuple(int(s) for s in layer.data.shape)
+    nd = len(shape)
+    want = channel_titles(channel_names, n_channels)
+    head = f"the model expects {want}, but {layer.name} has shape {shape}"
+    if layer.rgb:
+        if shape[-1] == n_channels:
+            return nd - 1
+        raise InputError(f"{head}: an {'RGBA' if shape[-1] == 4 else 'RGB'} image with "
+                         f"{shape[-1]} colour channels")
+    if nd not in (3, 4):
+        raise InputError(f"{head}: a multi-channel layer is (C, Z, Y, X), (Z, Y, X, C) or (C, Y, X)")
+    labels = [str(x).lower() for x in (getattr(layer, "axis_labels", None) or ())]
+    tagged = [i for i, lab in enumerate(labels) if lab in CHANNEL_AXIS_LABELS]
+    if tagged:
+        if shape[tagged[0]] == n_channels:
+            return tagged[0]
+        raise InputError(f"{head}: its channel axis {labels[tagged[0]]!r} has {shape[tagged[0]]}")
+    for ax in (0, nd - 1):
+        if shape[ax] == n_channels:
+            return ax
+    raise InputError(f"{head}: neither its first nor its last axis has length {n_channels}")
+
+
+class SpatialView:
+    """A layer seen without its channel axis: ``name``, ``ndim``, ``data.shape``, ``metadata``,
+    geometry (``scale``, ``translate``, ``rotate``, ``shear``, ``affine.affine_matrix``,
+    ``axis_labels``, ``units``) and ``world_to_data`` / ``data_to_world`` over the spatial axes.
+
+    ``world_ndim``: how many trailing viewer axes run from the view's first axis to the end (its
+    first axis is viewer axis ``dims.ndim - world_ndim``); it differs from ``ndim`` only for a
+    channel-last layer, whose spatial axes are not the trailing ones (outputs of ``ndim``
+    dimensions then sit on other viewer axes: :attr:`aligned` is False)."""
+
+    def __init__(self, layer, channel_axis: int):
+        self.layer = layer
+        self.channel_axis = int(channel_axis)
+        shape = list(layer.data.shape)
+        del shape[self.channel_axis]
+        self.data = SimpleNamespace(shape=tuple(shape))  # only the shape is read
+        self.name = layer.name
+        self.metadata = layer.metadata
+        self.rgb = bool(layer.rgb)
+        nd = layer.ndim  # napari's ndim leaves out the colour axis of RGB layers
+        if self.rgb:
+            self.ndim, self.world_ndim, self._drop = nd, nd, None
+            self.scale, self.translate = tuple(layer.scale), tuple(layer.translate)
+            self.rotate, self.shear = np.asarray(layer.rotate), np.asarray(layer.shear)
+            self.affine = SimpleNamespace(affine_matrix=np.asarray(layer.affine.affine_matrix))
+        else:
+            ax = self.channel_axis
+            self.ndim, self._drop = nd - 1, ax
+            self.world_ndim = nd - 1 if ax == 0 else nd
+            self._geometry(layer, ax)
+        for key in ("axis_labels", "units"):
+            val = getattr(layer, key, None)
+            if val is not None and not self.rgb:
+                val = tuple(v for i, v in enumerate(val) if i != self.channel_axis)
+            setattr(self, key, tuple(val) if val is not None else None)
+
+    @property
+    def aligned(self) -> bool:
+        """Whether outputs of the view's dimensionality overlay the layer in the viewer."""
+        return self.world_ndim == self.ndim
+
+    def _geometry(self, layer, ax):
+        from napari.utils.transforms import Affine
+
+        nd = layer.ndim
+        keep = [i for i in range(nd) if i != ax]
+        scale, tr = np.asarray(layer.scale, float), np.asarray(layer.translate, float)
+        rot, shear = np.asarray(layer.rotate, float), np.asarray(layer.shear, float)
+        extra = np.asarray(layer.affine.affine_matrix, float)
+        plain_shear = np.allclose(shear, 0) if shear.ndim == 1 else np.allclose(shear, np.eye(nd))
+        if np.allclose(rot, np.eye(nd)) and plain_shear:
+            self.scale, self.translate = tuple(scale[keep]), tuple(tr[keep])
+            rows = keep + [nd]
+            self.affine = SimpleNamespace(affine_matrix=extra[np.ix_(rows, rows)])
+        else:  # the whole data -> world transform, without the channel row and column
+            full = extra @ Affine(scale=scale, translate=tr, rotate=rot, shear=shear).affine_matrix
+            rows = keep + [nd]
+            self.scale, self.translate = (1.0,) * (nd - 1), (0.0,) * (nd - 1)
+            self.affine = SimpleNamespace(affine_matrix=full[np.ix_(rows, rows)])
+        n = nd - 1
+        self.rotate = np.eye(n)
+        self.shear = np.zeros(n * (n - 1) // 2)
+
+    def world_to_data(self, position) -> np.ndarray:
+        d = np.asarray(self.layer.world_to_data(position), float)
+        return d if self._drop is None else np.delete(d, self._drop)
+
+    def data_to_world(self, position) -> np.ndarray:
+        pos = np.asarray(position, float)
+        if self._drop is None:
+            return np.asarray(self.layer.data_to_world(pos), float)
+        w = np.asarray(self.layer.data_to_world(np.insert(pos, self._drop, 0.0)), float)
+        return w[1:] if self._drop == 0 else w[:-1]
+
+
+def view_of(layers: list, channel_axis: int | None):
+    """The geometry source of a run's outputs: the first input layer, or the spatial view of a
+    multi-channel layer."""
+    return layers[0] if channel_axis is None else SpatialView(layers[0], channel_axis)
 
 
 def _tokens(name: str) -> list[str]:
@@ -107,13 +248,24 @@ def base_name(layers: list) -> str:
     return prefix or layers[0].name
 
 
-def build_volume(layers: list) -> np.ndarray:
-    """(C, Z, H, W) float32 in layer orientation (Z = 1 for 2D layers)."""
+def build_volume(layers: list, channel_axis: int | None = None) -> np.ndarray:
+    """(C, Z, H, W) float32 in layer orientation (Z = 1 for 2D layers): one layer per channel,
+    or the channels of one layer along ``channel_axis``."""
     if not layers:
         raise InputError("choose an input image layer")
     for ly in layers:
         if getattr(ly, "multiscale", False):
             raise InputError(f"{ly.name} is a multiscale image; open it at one resolution")
+    if channel_axis is not None:
+        ly = layers[0]
+        a = np.asarray(ly.data)
+        if not np.issubdtype(a.dtype, np.number):
+            raise InputError(f"{ly.name} is not a numeric image")
+        a = np.moveaxis(a, channel_axis, 0)
+        if a.ndim not in (3, 4):
+            raise InputError(f"{ly.name} without its channel axis is {a.ndim - 1}D; the widget "
+                             f"takes 2D images or 3D stacks")
+        return (a[:, None] if a.ndim == 3 else a).astype(np.float32)
     shapes = {tuple(ly.data.shape) for ly in layers}
     if len(shapes) > 1:
         raise InputError("the input layers differ in shape: " + ", ".join(
@@ -127,6 +279,35 @@ def build_volume(layers: list) -> np.ndarray:
             raise InputError(f"{ly.name} is not a numeric image")
         arrs.append(a[None] if a.ndim == 2 else a)
     return np.stack(arrs).astype(np.float32, copy=False)
+
+
+def fit_note(checkpoint, hw: tuple[int, int]) -> str | None:
+    """What the model's input geometry does to ``(H, W)`` slices, when it matters: borders cropped
+    by a fixed canvas, or a rescaling by more than 2x either way (None when the fit is plain)."""
+    H, W = int(hw[0]), int(hw[1])
+    size = int(checkpoint.ae_config.image_size)
+    pre = (checkpoint.meta or {}).get("preprocess") or {}
+    mode, canvas = pre.get("mode", "pad"), pre.get("canvas")
+    if mode == "resize":
+        factor = min(size / H, size / W), max(size / H, size / W)
+        side = f"{H}x{W}"
+    else:
+        side_px = max(H, W) if mode == "square" else (int(canvas) if canvas else max(H, W, size))
+        if mode == "pad" and canvas and (H > side_px or W > side_px):
+            return (f"the slices are {H}x{W} px but the model crops to a {side_px} px canvas: "
+                    f"the borders beyond it get no reconstruction or anomaly map")
+        factor = (size / side_px,) * 2
+        side = f"{side_px} px" if mode != "pad" or canvas else f"{H}x{W} (padded to {side_px} px)"
+    lo, hi = factor
+    if hi > 2.0 or lo < 0.5:
+        how = "enlarged" if hi > 2.0 else "shrunk"
+        f = hi if hi > 2.0 else lo
+        return (f"the slices ({side}) are {how} {f:.2g}x to the model's {size} px input: a model "
+                f"trained on images of this size fits better")
+    if mode == "pad" and not canvas and max(H, W) < size / 2:
+        return (f"the slices are {H}x{W} px, padded to the model's {size} px: most of its input "
+                f"is empty")
+    return None
 
 
 def current_slice(layer, viewer) -> int:

@@ -102,7 +102,7 @@ class ScorePlot(QWidget):
         pos = np.asarray(src.world_to_data(self.viewer.dims.point), float)
         pos[0] = idx
         world = np.asarray(src.data_to_world(pos), float)
-        axis = self.viewer.dims.ndim - src.ndim
+        axis = self.viewer.dims.ndim - getattr(src, "world_ndim", src.ndim)  # its first axis
         self.viewer.dims.set_point(axis, float(world[0]))
 
     def closeEvent(self, event):  # noqa: N802 (Qt)

@@ -18,7 +18,8 @@ from functools import partial
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
-from ._inputs import InputError, base_name, build_volume, current_slice, parse_sweep
+from ._inputs import (InputError, base_name, build_volume, channel_titles, current_slice,
+                      parse_sweep, view_of)
 from ._layers import SliceMap
 from ._run import Job, Outcome, Ready, SegDone, run_job
 from ._widget_controls import Controls
@@ -34,6 +35,7 @@ class RunContext:
     """What a run was started with (to place and name its outputs)."""
 
     layers: list
+    src: object  # the geometry source: layers[0], or the spatial view of a multi-channel layer
     base: str
     channel_names: list[str]
     L: int
@@ -99,6 +101,7 @@ class BerdiffWidget(ModelInputs, QWidget):
         c = self.c
         c.model_choice.changed.connect(self._on_model_choice)
         c.model_file.changed.connect(self._on_model_choice)
+        c.multi.changed.connect(self._on_multi_choice)
         c.L.changed.connect(self._on_L)
         c.P.changed.connect(self._on_P)
         c.device.changed.connect(self._on_device_changed)
@@ -148,8 +151,8 @@ class BerdiffWidget(ModelInputs, QWidget):
 
     def _update_buttons(self):
         running = self.worker is not None
-        self.c.run.enabled = self.checkpoint is not None and bool(self._combos) and all(
-            cb.value is not None for cb in self._combos)
+        fits = self.check_inputs()
+        self.c.run.enabled = self.checkpoint is not None and fits
         self.c.cancel.enabled = running
 
     def _invalidate(self):
@@ -160,8 +163,8 @@ class BerdiffWidget(ModelInputs, QWidget):
     def make_job(self) -> tuple[Job, RunContext]:
         if self.checkpoint is None:
             raise InputError(self.c.model_info.value or "choose a model")
-        layers = self.input_layers()
-        src = layers[0]
+        layers, channel_axis = self.input_source()
+        src = view_of(layers, channel_axis)
         if src.ndim not in (2, 3):
             raise InputError(f"{src.name} is {src.ndim}D; the widget takes 2D images or 3D stacks")
         Z = 1 if src.ndim == 2 else src.data.shape[0]
@@ -179,12 +182,13 @@ class BerdiffWidget(ModelInputs, QWidget):
         P = round(float(self.c.P.value), 4)
         sweep = parse_sweep(self.c.sweep.value) if self.c.sweep_on.value else []
         thresholds = sorted(set(sweep) | {P})
-        norm_key = tuple((_uid(ly), id(ly.data), tuple(ly.data.shape)) for ly in layers)
+        norm_key = tuple((_uid(ly), id(ly.data), tuple(ly.data.shape)) for ly in layers) + (channel_axis,)
         normalized = self._normalized[1] if self._normalized[0] == norm_key else None
-        volume = None if normalized is not None else build_volume(layers)
-        C = len(layers)
+        volume = None if normalized is not None else build_volume(layers, channel_axis)
+        C = len(layers) if channel_axis is None else layers[0].data.shape[channel_axis]
         if self.checkpoint.in_channels != C:
-            raise InputError(f"the model expects {self.checkpoint.in_channels} channel(s), got {C}")
+            want = channel_titles(self.checkpoint.meta.get("channel_names"), self.checkpoint.in_channels)
+            raise InputError(f"the model expects {want}, the input has {C}")
         det_key = (self.checkpoint.sha256, self.c.device.value)
         slice_map = SliceMap.for_layer(src.metadata, Z) if src.ndim == 3 else SliceMap()
         job = Job(volume=volume, slices=slices, slice_map=slice_map, checkpoint=self.checkpoint,
@@ -192,7 +196,8 @@ class BerdiffWidget(ModelInputs, QWidget):
                   steps=min(int(self.c.steps.value), L), seed=int(self.c.seed.value), P_first=P,
                   detector=self._detector[1] if self._detector[0] == det_key else None,
                   normalized=normalized)
-        ctx = RunContext(layers, base_name(layers), self._channel_names, L, thresholds, norm_key, det_key)
+        ctx = RunContext(layers, src, base_name(layers), self._channel_names, L, thresholds, norm_key,
+                         det_key)
         return job, ctx
 
     def run(self, *_):
@@ -252,7 +257,7 @@ class BerdiffWidget(ModelInputs, QWidget):
                 self.outcome.segmentation[item.k] = item.segmentation
                 self.outcome.seg_ready[item.k] = True
                 if self._shown == item.k:
-                    self.outputs.update_segmentation(self.outcome, item.k, ctx.layers[0], ctx.base)
+                    self.outputs.update_segmentation(self.outcome, item.k, ctx.src, ctx.base)
             item = item.tick
         self._on_tick(gen, item)
 
@@ -332,7 +337,7 @@ class BerdiffWidget(ModelInputs, QWidget):
         if not out.seg_ready[k] and self.worker is None:  # its run stopped early: compute it now
             out.ensure_segmentation(k)
         self._shown = k
-        self.outputs.show(out, k, ctx.layers[0], ctx.base, ctx.channel_names)
+        self.outputs.show(out, k, ctx.src, ctx.base, ctx.channel_names)
         self._update_plot(k)
 
     def _ensure_plot(self):
@@ -349,7 +354,7 @@ class BerdiffWidget(ModelInputs, QWidget):
     def _update_plot(self, k):
         out, ctx = self.outcome, self.context
         self._ensure_plot()
-        self.plot.set_data(ctx.layers[0], out.slices, out.masked_fraction[k], out.masked_fraction,
+        self.plot.set_data(ctx.src, out.slices, out.masked_fraction[k], out.masked_fraction,
                            out.thresholds, out.thresholds[k])
 
     def toggle_side_by_side(self, *_):

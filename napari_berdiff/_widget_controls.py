@@ -18,7 +18,12 @@ class Controls:
         self.model_choice = ComboBox(label="model", choices=[*BUNDLED_CHOICES, FILE_CHOICE])
         self.model_file = FileEdit(label="checkpoint", mode="r", filter="*.pt", visible=False)
         self.model_info = Label(label="", value="")
+        self.multi = ComboBox(label="multi-channel layer", choices=[], nullable=True,
+                              tooltip="one layer holding all the model's channels: (C, Z, Y, X), "
+                                      "(Z, Y, X, C), (C, Y, X) or RGB(A); leave empty to choose "
+                                      "one layer per channel below")
         self.inputs = Container(labels=True)
+        self.input_info = Label(label="", value="")
         self.L = Slider(label="noise level L", min=1, max=1000, value=200,
                         tooltip="diffusion steps of noise added to the latent code (1..1000)")
         self.P = FloatSlider(label="threshold P", min=0.0, max=1.0, step=0.01, value=0.5,
@@ -43,11 +48,12 @@ class Controls:
         buttons = Container(widgets=[self.run, self.cancel], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
         self.container = Container(widgets=[
-            self.model_choice, self.model_file, self.model_info, self.inputs, self.L, self.P,
+            self.model_choice, self.model_file, self.model_info, self.multi, self.inputs,
+            self.input_info, self.L, self.P,
             self.steps, self.seed, self.sweep_on, self.sweep, self.device, self.device_info,
             self.scope, self.range_from, self.range_to, self.live, buttons, self.status, self.grid,
         ], labels=True)
-        for lab in (self.model_info, self.device_info, self.status):
+        for lab in (self.model_info, self.input_info, self.device_info, self.status):
             lab.native.setWordWrap(True)
 
     def set_info(self, label: Label, text: str, level: str = "info") -> None:

@@ -191,7 +191,7 @@ class SideBySide:
     def show(self, outcome: Outcome, k: int, ctx) -> None:
         v = self.viewer
         src = ctx.layers[0]
-        diff = self.outputs.difference(outcome, k, src, ctx.base)
+        diff = self.outputs.difference(outcome, k, ctx.src, ctx.base)
         C = outcome.reconstruction.shape[2]
         rec = v.layers[self.outputs.recon_name(ctx.base, 0, C, ctx.channel_names)]
         trio = [src, rec, diff]

@@ -10,7 +10,7 @@ BRATS_NAMES = ["flair", "t1", "t1ce", "t2"]
 
 
 def tiny_checkpoint(path: Path, channels: int = 4, seed: int = 0, names=None, modality=None,
-                    preset: str = "tiny", mode: str = "pad") -> Path:
+                    preset: str = "tiny", mode: str = "pad", canvas: int | None = None) -> Path:
     """A randomly initialised model of ``preset`` saved with ``save_checkpoint``; the U-Net gets
     some signal in its zero-initialised output so that masks grow."""
     import torch
@@ -30,7 +30,7 @@ def tiny_checkpoint(path: Path, channels: int = 4, seed: int = 0, names=None, mo
         names = BRATS_NAMES if channels == 4 else ["oct"] if channels == 1 else []
     meta = {"name": f"test-{preset}-{channels}ch", "channel_names": list(names),
             "modality": modality or ("brats" if channels == 4 else "oct"),
-            "preprocess": {"mode": mode}}
+            "preprocess": {"mode": mode, **({"canvas": canvas} if canvas else {})}}
     return save_checkpoint(path, autoencoder=ae, unet=unet, meta=meta)
 
 

@@ -336,3 +336,88 @@ def test_progress_bars_are_closed_after_runs_and_cancels(make_napari_viewer, qtb
     w.cancel()
     qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
     assert not [p for p in progress._all_instances if "berdiff" in str(p.desc)]
+
+
+def test_one_multichannel_layer_gives_the_same_outputs_as_the_modality_layers(make_napari_viewer, qtbot, ckpt4):
+    viewer = make_napari_viewer()
+    layers = add_small_case(viewer)
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, L=10, steps=2, sweep="", scope="all slices")
+    assert w.c.multi.value is None  # a full set of modality layers is preferred
+    _run_and_wait(qtbot, w)
+    per_modality = viewer.layers["case anomaly map"].data.copy()
+    # the same data as one (C, Z, Y, X) layer: a channel slider in front, the same world geometry
+    stack = np.stack([np.asarray(ly.data) for ly in layers])
+    multi = viewer.add_image(stack, name="stack", scale=(1.0, 3.0, 1.5, 1.5), translate=(0.0, -10.0, 5.0, -20.0))
+    assert multi in w.c.multi.choices
+    w.c.multi.value = multi
+    assert not any(cb.visible for cb in w._combos) and "axis 0" in w.c.input_info.value
+    assert w.c.run.enabled
+    _run_and_wait(qtbot, w)
+    out = _outputs(viewer, "stack")
+    assert set(out) >= {"reconstruction FLAIR", "reconstruction T2", "anomaly map", "segmentation", "mask evolution"}
+    amap = out["anomaly map"]
+    assert amap.data.shape == layers[0].data.shape
+    np.testing.assert_array_equal(amap.data, per_modality)
+    np.testing.assert_allclose(amap.scale, layers[0].scale)
+    np.testing.assert_allclose(amap.translate, layers[0].translate)
+    # the outputs overlay the source: a voxel maps to the same world point in both
+    np.testing.assert_allclose(amap.data_to_world((2, 7, 9)), multi.data_to_world((1, 2, 7, 9))[1:])
+    mask = out["mask evolution"]
+    assert mask.data.shape[1] == stack.shape[1]
+    # the score plot and the slice choice work through the layer's spatial axes
+    viewer.dims.set_point(viewer.dims.ndim - 3, multi.data_to_world((0, 4, 0, 0))[1])
+    assert w.plot.cursor.get_xdata()[0] == 4
+    w.plot.jump_to(1)
+    assert int(round(multi.world_to_data(viewer.dims.point)[1])) == 1
+
+
+def test_channel_last_and_2d_multichannel_layers(make_napari_viewer, qtbot, ckpt4):
+    viewer = make_napari_viewer()
+    from _plugin_helpers import small_case
+
+    vols = np.stack(small_case())
+    last = viewer.add_image(np.moveaxis(vols, 0, -1), name="last", rgb=False)  # (Z, Y, X, C)
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, L=10, steps=2, sweep="", scope="all slices")
+    assert w.c.multi.value is last  # no modality layers: the multi-channel layer is picked
+    assert "axis 3" in w.c.input_info.value and "np.moveaxis" in w.c.input_info.value
+    _run_and_wait(qtbot, w)
+    assert viewer.layers["last anomaly map"].data.shape == vols.shape[1:]
+    # a 2D (C, Y, X) slice: the outputs are 2D
+    two_d = viewer.add_image(vols[:, 3], name="slice3")
+    w.c.multi.value = two_d
+    assert "axis 0" in w.c.input_info.value
+    _run_and_wait(qtbot, w)
+    amap = viewer.layers["slice3 anomaly map"]
+    assert amap.data.shape == vols.shape[2:]
+    assert np.any(amap.data > 0) and viewer.layers["slice3 mask evolution"].data.shape == (2, 8, 8)
+    assert viewer.layers["slice3 reconstruction T1ce"].data.shape == vols.shape[2:]
+
+
+def test_a_multichannel_layer_that_does_not_fit_names_the_expected_channels(make_napari_viewer, qtbot, ckpt4):
+    viewer = make_napari_viewer()
+    three = viewer.add_image(np.random.default_rng(0).random((3, 4, 40, 40)).astype(np.float32), name="three")
+    rgb = viewer.add_image(np.random.default_rng(1).random((40, 40, 3)).astype(np.float32), name="photo")
+    assert rgb.rgb
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, L=10, steps=2, sweep="")
+    assert w.c.multi.value is None and not w.c.run.enabled  # nothing fits: nothing picked
+    for layer, what in ((three, "(3, 4, 40, 40)"), (rgb, "RGB")):
+        w.c.multi.value = layer
+        info = w.c.input_info.value
+        assert "4 channels (FLAIR, T1, T1ce, T2)" in info and what in info, info
+        assert not w.c.run.enabled
+        assert w.run() is None and "FLAIR, T1, T1ce, T2" in w.c.status.value
+
+
+def test_the_input_info_says_when_the_model_rescales_or_crops(make_napari_viewer, ckpt4, tmp_path):
+    from _plugin_helpers import tiny_checkpoint
+
+    viewer = make_napari_viewer()
+    add_small_case(viewer, shape=(2, 200, 200))
+    w = BerdiffWidget(viewer)
+    w.set_checkpoint(ckpt4)  # 32 px model, "pad" without a canvas: 200 px slices shrink 0.16x
+    assert "shrunk 0.16x" in w.c.input_info.value and w.c.run.enabled
+    w.set_checkpoint(tiny_checkpoint(tmp_path / "canvas.pt", channels=4, canvas=160))
+    assert "crops to a 160 px canvas" in w.c.input_info.value, w.c.input_info.value
