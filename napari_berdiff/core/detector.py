@@ -77,8 +77,9 @@ class Detector:
 
     - ``amp``: ``"auto"`` (default: bf16 autocast on CUDA where supported, else fp16; off on the
       CPU), ``"off"``, ``"bf16"`` (allowed on the CPU when asked for), ``"fp16"`` (CUDA only).
-      Autocast covers the U-Net and the autoencoder; flip probabilities, the sampler's
-      arithmetic and the maps stay float32.
+      Autocast covers the U-Net (its S evaluations dominate) and the decoder; the encoder (one
+      call per slice) stays float32 so that the codes are exact, and the flip probabilities,
+      the sampler's arithmetic and the maps are float32.
     - ``channels_last``: NHWC memory format for both networks (helps CUDA convolutions).
     - ``compile``: ``torch.compile`` the U-Net (``True``: inductor, or a backend name); when
       compilation fails the detector warns once and runs eagerly (``provenance["compile"]``).
@@ -267,8 +268,8 @@ class Detector:
         with torch.inference_mode():
             for a in range(0, len(xs), per_call):
                 xb = preprocess.to_model(torch.from_numpy(xs[a:a + per_call]).to(self.device), geom)
-                with autocast(self.device, self.amp_dtype):
-                    probs = self.autoencoder.encode(self._model_input(xb)).float().contiguous()
+                # float32 even under amp: one call per slice, and the codes stay exact
+                probs = self.autoencoder.encode(self._model_input(xb)).float().contiguous()
                 if deterministic:
                     codes.append((probs > 0.5).float())
                 else:
