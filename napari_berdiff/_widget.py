@@ -22,7 +22,7 @@ from ._inputs import (InputError, base_name, build_volume, channel_titles, curre
                       parse_sweep, view_of)
 from ._layers import SliceMap
 from ._run import Job, Outcome, Ready, SegDone, run_job
-from ._widget_controls import Controls
+from ._widget_controls import Controls, plugin_defaults
 from ._widget_model import ModelInputs
 from ._widget_outputs import OutputLayers, SideBySide, _uid
 
@@ -91,9 +91,14 @@ class BerdiffWidget(ModelInputs, QWidget):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self._live_run)
+        defaults = plugin_defaults()
+        self.c.apply_defaults(defaults)
         self._connect()
         self._auto_model()
-        self._on_model_changed()
+        if str(defaults.get("checkpoint") or "").strip():
+            self.set_checkpoint(str(defaults["checkpoint"]).strip())
+        else:
+            self._on_model_changed()
         self._on_device_changed()
 
     # -- wiring ----------------------------------------------------------------------------

@@ -9,6 +9,21 @@ from ._inputs import BUNDLED_CHOICES, FILE_CHOICE
 
 DEFAULT_SWEEP = "0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9"
 SCOPES = ("current slice", "all slices", "slice range")
+PLUGIN = "napari-berdiff"
+
+
+def plugin_defaults() -> dict:
+    """The widget defaults from napari's preferences (the manifest's ``configurations.widget``:
+    device, checkpoint, noise_level, threshold, steps, p_sweep, seed); {} where napari has no
+    plugin settings (napari < 0.9) or the plugin is not registered (a bare widget in a test)."""
+    try:
+        from napari.settings import get_plugin_settings
+
+        widget = get_plugin_settings(PLUGIN).widget
+    except (ImportError, KeyError, AttributeError):
+        return {}
+    keys = ("device", "checkpoint", "noise_level", "threshold", "steps", "p_sweep", "seed")
+    return {k: getattr(widget, k) for k in keys if hasattr(widget, k)}
 
 
 class Controls:
@@ -55,6 +70,28 @@ class Controls:
         ], labels=True)
         for lab in (self.model_info, self.input_info, self.device_info, self.status):
             lab.native.setWordWrap(True)
+
+    def apply_defaults(self, d: dict) -> None:
+        """Start from the user's preferences (see :func:`plugin_defaults`); call before the
+        widgets are connected. A device that is not available stays selectable: it runs on the
+        CPU with the usual visible warning."""
+        if "noise_level" in d:
+            self.L.value = int(d["noise_level"])
+        self.steps.max = int(self.L.value)
+        if "steps" in d:
+            self.steps.value = min(int(d["steps"]), int(self.L.value))
+        if "threshold" in d:
+            self.P.value = float(d["threshold"])
+        if "seed" in d:
+            self.seed.value = int(d["seed"])
+        if "p_sweep" in d:
+            self.sweep.value = str(d["p_sweep"])
+            self.sweep_on.value = bool(str(d["p_sweep"]).strip())
+        dev = str(d.get("device") or "").strip()
+        if dev:
+            if dev not in self.device.choices:
+                self.device.choices = [*self.device.choices, dev]
+            self.device.value = dev
 
     def set_info(self, label: Label, text: str, level: str = "info") -> None:
         colour = {"info": "", "warning": "color: #e0a030;", "error": "color: #f05050;"}[level]

@@ -421,3 +421,26 @@ def test_the_input_info_says_when_the_model_rescales_or_crops(make_napari_viewer
     assert "shrunk 0.16x" in w.c.input_info.value and w.c.run.enabled
     w.set_checkpoint(tiny_checkpoint(tmp_path / "canvas.pt", channels=4, canvas=160))
     assert "crops to a 160 px canvas" in w.c.input_info.value, w.c.input_info.value
+
+
+def test_preferences_set_the_widget_defaults(make_napari_viewer, ckpt4, tmp_path, monkeypatch):
+    """The manifest's `configurations` contribution: napari's preferences -> a new widget."""
+    from napari import settings as napari_settings
+
+    monkeypatch.setattr(napari_settings, "_CFG_PATH", str(tmp_path / "settings.yaml"))
+    napari_settings._clear_plugin_settings_cache()
+    try:
+        prefs = napari_settings.get_plugin_settings("napari-berdiff").widget
+        assert (prefs.device, prefs.noise_level, prefs.threshold, prefs.steps, prefs.seed) == ("auto", 200, 0.5, 20, 0)
+        prefs.noise_level, prefs.steps, prefs.threshold, prefs.seed = 60, 6, 0.3, 7
+        prefs.p_sweep, prefs.device, prefs.checkpoint = "", "cuda:7", str(ckpt4)
+        assert "noise_level: 60" in (tmp_path / "napari-berdiff.yaml").read_text()  # saved
+        viewer = make_napari_viewer()
+        add_small_case(viewer)
+        w = BerdiffWidget(viewer)
+        assert (w.c.L.value, w.c.steps.value, w.c.P.value, w.c.seed.value) == (60, 6, 0.3, 7)
+        assert not w.c.sweep_on.value
+        assert w.c.device.value == "cuda:7" and "cpu" in w.c.device_info.value  # visible fallback
+        assert w.checkpoint is not None and w.checkpoint.sha256 and w.c.run.enabled
+    finally:
+        napari_settings._clear_plugin_settings_cache()
