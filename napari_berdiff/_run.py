@@ -10,6 +10,9 @@ thread (plain numpy arrays), :func:`run_job` runs in a napari thread worker and 
 - :class:`SegDone` for each other swept P as its segmentation is computed (the post-processing
   costs about as much as the sampling, so it runs after the first display).
 
+Post-processing yields a :class:`Tick` at least every 0.1 s too (a volume's worth of median
+filters and connected components takes seconds), so cancel stays within a fraction of a second.
+
 On the CPU the job runs with ``cpu_count - 1`` torch threads (set in the worker thread only: the
 OpenMP setting is per thread), so the GUI thread keeps a core.
 """
@@ -107,17 +110,37 @@ class SegDone:
     tick: Tick
 
 
-def segment_stack(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) input and reconstruction -> (N, H, W) uint8 segmentation (:data:`POSTPROCESS`):
-    exactly ``segment(normalize_map(paper_anomaly_map(x, rec)))`` of the core, a slice at a time."""
+def segment_slice(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
+    """(C, H, W) input and reconstruction -> (H, W) bool segmentation (:data:`POSTPROCESS`):
+    exactly ``segment(normalize_map(paper_anomaly_map(x, rec)))`` of the core."""
     from .core.postprocess import normalize_map, paper_anomaly_map, segment
 
     pp = POSTPROCESS
+    a = paper_anomaly_map(x, rec, pp["median_size"])
+    return segment(normalize_map(a, pp["low"], pp["high"]), pp["threshold"], pp["min_size"],
+                   pp["connectivity"])
+
+
+def segment_stack(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) input and reconstruction -> (N, H, W) uint8 segmentation, a slice at a time."""
     out = np.zeros((x.shape[0],) + x.shape[2:], np.uint8)
-    for i in range(x.shape[0]):  # one slice at a time: bounded memory, a cancellation-free unit
-        a = paper_anomaly_map(x[i], rec[i], pp["median_size"])
-        out[i] = segment(normalize_map(a, pp["low"], pp["high"]), pp["threshold"], pp["min_size"],
-                         pp["connectivity"])
+    for i in range(x.shape[0]):
+        out[i] = segment_slice(x[i], rec[i])
+    return out
+
+
+def _segment_ticking(x, rec, done: int, total: int, t0: float,
+                     every_s: float = 0.1) -> Generator[Tick, None, np.ndarray]:
+    """:func:`segment_stack` yielding a post-processing :class:`Tick` at most every ``every_s``
+    seconds: a whole volume takes seconds, and each yield is a cancellation point."""
+    out = np.zeros((x.shape[0],) + x.shape[2:], np.uint8)
+    last = time.perf_counter()
+    for i in range(x.shape[0]):
+        out[i] = segment_slice(x[i], rec[i])
+        now = time.perf_counter()
+        if now - last >= every_s and i + 1 < x.shape[0]:
+            last = now
+            yield Tick(done, total, f"post-processing ({i + 1}/{x.shape[0]} slices)", now - t0)
     return out
 
 
@@ -184,7 +207,7 @@ def _run(job: Job, torch) -> Generator:
     if job.P_first is not None:
         first = min(range(K), key=lambda k: abs(job.thresholds[k] - job.P_first))
     seg = np.zeros(amap.shape, np.uint8)
-    seg[first] = segment_stack(x_layer, recon[first])
+    seg[first] = yield from _segment_ticking(x_layer, recon[first], n_sample, total, t0)
     ready = [k == first for k in range(K)]
     prov["seconds"] = round(time.perf_counter() - t0, 3)
     out = Outcome(list(job.thresholds), list(job.slices), recon, amap, seg, ready,
@@ -195,7 +218,7 @@ def _run(job: Job, torch) -> Generator:
     for k in range(K):
         if k == first:
             continue
-        s = segment_stack(x_layer, recon[k])
+        s = yield from _segment_ticking(x_layer, recon[k], done, total, t0)
         done += 1
         yield SegDone(k, s, Tick(done, total, "post-processing", time.perf_counter() - t0))
     return time.perf_counter() - t0

@@ -444,3 +444,51 @@ def test_preferences_set_the_widget_defaults(make_napari_viewer, ckpt4, tmp_path
         assert w.checkpoint is not None and w.checkpoint.sha256 and w.c.run.enabled
     finally:
         napari_settings._clear_plugin_settings_cache()
+
+
+def test_cancel_during_post_processing_is_quick_and_leaves_no_layers(make_napari_viewer, qtbot, ckpt4, monkeypatch):
+    import time
+
+    import napari_berdiff._run as run_mod
+
+    slow = run_mod.segment_slice
+
+    def segment_slice(x, rec):
+        time.sleep(0.3)  # a big slice
+        return slow(x, rec)
+
+    monkeypatch.setattr(run_mod, "segment_slice", segment_slice)
+    viewer = make_napari_viewer()
+    add_small_case(viewer)
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, L=10, steps=2, sweep="", scope="all slices")
+    n = len(viewer.layers)
+    w.run()
+    qtbot.waitUntil(lambda: "post-processing (" in w.c.status.value, timeout=TIMEOUT)
+    t = time.perf_counter()
+    w.cancel()
+    qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
+    assert time.perf_counter() - t < 1.5  # within about one slice, not the 6 x 0.3 s volume
+    qtbot.wait(100)
+    assert len(viewer.layers) == n and w.outcome is None and w.c.status.value == "cancelled"
+
+
+def test_segment_ticking_yields_cancellation_points_and_equals_segment_stack():
+    import time
+
+    from napari_berdiff._run import Tick, _segment_ticking, segment_stack
+
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 2, 30, 30)).astype(np.float32)
+    rec = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1).astype(np.float32)
+    gen = _segment_ticking(x, rec, 7, 9, time.perf_counter(), every_s=0.0)
+    ticks = []
+    while True:
+        try:
+            ticks.append(next(gen))
+        except StopIteration as stop:
+            out = stop.value
+            break
+    assert len(ticks) == 4 and all(isinstance(t, Tick) and (t.done, t.total) == (7, 9) for t in ticks)
+    assert ticks[-1].stage == "post-processing (4/5 slices)"
+    np.testing.assert_array_equal(out, segment_stack(x, rec))
