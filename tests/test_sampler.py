@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from napari_berdiff.core.sampler import masked_sampler, run_sampler, trajectory_seed
+from napari_berdiff.core.sampler import binary_posterior, masked_sampler, run_sampler, trajectory_seed
 from napari_berdiff.core.schedule import BernoulliSchedule
 
 SCHED = BernoulliSchedule()
@@ -151,6 +151,19 @@ def test_batch_equals_one_by_one_and_sweep_equals_single_threshold():
             assert torch.equal(batch.z0[i], one.z0[0])
             assert torch.equal(batch.mask[i], one.mask[0])
             assert float(batch.thresholds[i]) == pytest.approx(p)
+
+
+@pytest.mark.parametrize("t, s", [(2, 1), (10, 9), (200, 199), (1000, 999), (200, 190),
+                                  (200, 100), (20, 10), (200, 1)])
+def test_fast_binary_posterior_equals_the_float64_posterior(t, s):
+    g = torch.Generator().manual_seed(t)
+    z = (torch.rand(4000, generator=g) < 0.5).float()
+    x = torch.rand(4000, generator=g)
+    x[:50], x[50:100], x[100:150] = 0.0, 1.0, 0.3
+    fast = binary_posterior(SCHED, z, x, t, s)
+    assert fast.dtype == torch.float32
+    ref = SCHED.posterior(z.double(), x.double(), t, s)
+    assert float((fast.double() - ref).abs().max()) < 1e-6
 
 
 def test_trajectory_seed_depends_on_image_seed_and_threshold():
