@@ -268,3 +268,21 @@ def test_compile_runs_or_falls_back_with_a_clear_message(monkeypatch):
     assert gone.speed_settings["compile"].startswith("failed")
     np.testing.assert_allclose(gone.detect(x, L=10, P=0.5, steps=3).reconstruction,
                                ref.reconstruction, atol=1e-5)
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+def test_bench_speed_runs_end_to_end(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--configs", "tiny", "--slices", "6", "--L", "8", "--steps", "8", "2",
+                      "--volume-steps", "2", "--threads", "1", "--json", str(tmp_path / "b.json")])
+    row = out["results"][0]
+    assert set(row["sampler"]) == {8, 2} and row["forward_ms_b1"] > 0
+    assert row["volume"]["slices"] == 6 and row["volume"]["skipped"] == 2
+    assert row["volume"]["peak_bytes"] > 0 and row["speedup_first_over_last"] > 0
+    assert (tmp_path / "b.json").is_file() and "tiny" in capsys.readouterr().out
