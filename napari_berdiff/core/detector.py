@@ -80,7 +80,8 @@ class Detector:
       Autocast covers the U-Net (its S evaluations dominate) and the decoder; the encoder (one
       call per slice) stays float32 so that the codes are exact, and the flip probabilities,
       the sampler's arithmetic and the maps are float32.
-    - ``channels_last``: NHWC memory format for both networks (helps CUDA convolutions).
+    - ``channels_last``: NHWC memory format for both networks (helps CUDA convolutions; the
+      modules passed in are converted in place).
     - ``compile``: ``torch.compile`` the U-Net (``True``: inductor, or a backend name); when
       compilation fails the detector warns once and runs eagerly (``provenance["compile"]``).
     """
@@ -114,10 +115,10 @@ class Detector:
         return cls(ck.build_autoencoder(), ck.build_unet(), ck.build_schedule(), meta=ck.meta,
                    model_hash=ck.short_hash, device=device, **options)
 
-    def plan_batches(self, n_thresholds: int = 1, batch_size="auto", reserve_bytes: int = 0,
-                     **kwargs) -> BatchPlan:
+    def plan_batches(self, batch_size="auto", reserve_bytes: int = 0, **kwargs) -> BatchPlan:
         """The :class:`~.batching.BatchPlan` for this model and device (``batch_size`` "auto" or
-        an int of trajectories); ``reserve_bytes`` is subtracted from the free memory first."""
+        an int of trajectories); ``reserve_bytes`` is subtracted from the free memory first; other
+        keywords go to :func:`~.batching.plan_batches` (``safety``, ``max_trajectories``, ...)."""
         avail = None
         if reserve_bytes and "available" not in kwargs:
             avail = max(0, available_memory(self.device) - int(reserve_bytes))
@@ -204,7 +205,7 @@ class Detector:
         frac = np.zeros((K, N), np.float32)
         skipped = empty_slices(x) if skip_empty else np.zeros(N, bool)
         recon[:, skipped] = x[skipped]  # nothing to reconstruct: the map stays 0
-        plan = self.plan_batches(K, batch_size, reserve_bytes=_host_bytes(self.device, recon, amap))
+        plan = self.plan_batches(batch_size, reserve_bytes=_host_bytes(self.device, recon, amap))
         run = np.flatnonzero(~skipped)
         per = plan.slices_per_call(K)
         chunks = [run[a:a + per] for a in range(0, len(run), per)]
