@@ -1,7 +1,7 @@
 """Speed settings for inference: CPU threads, mixed precision, channels_last, ``torch.compile``.
 
 Pure torch; no napari or Qt. Used by :class:`napari_berdiff.core.detector.Detector`, the CLI and
-the benchmarks; the napari widget calls :func:`configure_threads` in its worker thread.
+the benchmarks; :func:`configure_threads` is meant for the napari widget's worker thread too.
 """
 
 from __future__ import annotations
