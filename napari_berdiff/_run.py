@@ -19,7 +19,6 @@ OpenMP setting is per thread), so the GUI thread keeps a core.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Generator
@@ -165,8 +164,10 @@ def _run(job: Job, torch) -> Generator:
         det = Detector.from_checkpoint(job.checkpoint, device=job.device)
         yield Tick(0, 0, "model loaded", time.perf_counter() - t0)
     on_gpu = getattr(det.device, "type", "cpu") != "cpu"
-    if not on_gpu:
-        torch.set_num_threads(job.threads or max(1, (os.cpu_count() or 2) - 1))
+    if not on_gpu:  # physical cores less one for the GUI; an explicit OMP_NUM_THREADS wins
+        from .core.accel import configure_threads
+
+        configure_threads(job.threads, reserve_gui=True)
     vol = job.normalized
     if vol is None:
         vol = np.asarray(job.volume, dtype=np.float32)
@@ -183,6 +184,7 @@ def _run(job: Job, torch) -> Generator:
     gen = det.iter_detect(x_model, L=job.L, P=job.thresholds, steps=job.steps, seed=job.seed,
                           indices=[sm.seed_index(i) for i in job.slices], normalize="none",
                           keep_mask_history=True, batch_size=batch)
+    tick = None  # stays None when every slice is empty (skipped without network calls)
     while True:
         try:
             tick = next(gen)
@@ -191,7 +193,8 @@ def _run(job: Job, torch) -> Generator:
             break
         masked = float(tick.step.mask.float().mean())
         yield Tick(tick.done, tick.total + K, "sampling", time.perf_counter() - t0, masked)
-    n_sample, total = tick.total, tick.total + K
+    n_sample = tick.total if tick is not None else 0
+    total = n_sample + K
 
     recon = np.ascontiguousarray(sm.to_layer(res.reconstruction))
     amap = np.ascontiguousarray(sm.to_layer(res.anomaly_map))

@@ -492,3 +492,20 @@ def test_segment_ticking_yields_cancellation_points_and_equals_segment_stack():
     assert len(ticks) == 4 and all(isinstance(t, Tick) and (t.done, t.total) == (7, 9) for t in ticks)
     assert ticks[-1].stage == "post-processing (4/5 slices)"
     np.testing.assert_array_equal(out, segment_stack(x, rec))
+
+
+def test_empty_slices_are_skipped_and_an_all_empty_run_still_gives_layers(make_napari_viewer, qtbot, ckpt4, count_calls):
+    viewer = make_napari_viewer()
+    layers = add_small_case(viewer)
+    for lay in layers:  # slice 0 holds no tissue at all (as outside the brain)
+        data = lay.data.copy()
+        data[0] = 0
+        lay.data = data
+    w = BerdiffWidget(viewer)
+    _configure(w, ckpt4, L=10, steps=2, sweep="", scope="current slice")
+    viewer.dims.set_current_step(0, 0)
+    n_layers = len(viewer.layers)
+    _run_and_wait(qtbot, w)
+    assert count_calls.evals == 0  # nothing to sample: no network call
+    assert len(viewer.layers) == n_layers + 4 + 3
+    assert w.outcome.provenance["skipped_slices"] and not np.any(w.outcome.anomaly_map)

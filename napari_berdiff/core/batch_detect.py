@@ -33,7 +33,7 @@ class DetectSettings:
     P: float = 0.5
     steps: int | None = None
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int | str = "auto"
     slices: str | None = None
     median_size: int = 5
     threshold: float = 0.5

@@ -144,7 +144,7 @@ def evaluate(detector, eval_split, val_split=None, *, L: int = 200, P: float = 0
         x = _as_float(split.images[a:b])
         res = detector.detect(x, L=L, P=sweep_P, steps=steps, seed=seed,
                               indices=list(range(a, b)), batch_size=batch_size, normalize="none",
-                              progress=tick)
+                              progress=tick, skip_empty=False)  # the protocols score every slice
         maps = {m: paper_anomaly_map(x, res.reconstruction[k_of[m]], median_size) for m in model}
         if "threshold" in methods:
             maps["threshold"] = x[:, thr_ch]
@@ -338,7 +338,7 @@ def _time_methods(detector, split, scored, model, p_of, *, L, steps, seed, n) ->
                     preprocess.from_model(rec.float().clamp(0, 1), geom).cpu()
             else:
                 detector.detect(x, L=L, P=[p_of[m]], steps=steps, seed=seed, indices=[int(i)],
-                                batch_size=1, normalize="none")
+                                batch_size=1, normalize="none", skip_empty=False)
         if cuda:
             torch.cuda.synchronize(detector.device)
         sec = (time.perf_counter() - t0) / len(order)

@@ -50,7 +50,8 @@ def grid_sweep(detector, split, Ls: Sequence[int], Ps: Sequence[float], *, steps
             b = min(a + chunk, N)
             x = _as_float(split.images[a:b])
             res = detector.detect(x, L=L, P=Ps, steps=S, seed=seed, indices=list(range(a, b)),
-                                  batch_size=batch_size, normalize="none", progress=tick)
+                                  batch_size=batch_size, normalize="none", progress=tick,
+                                  skip_empty=False)
             frac[li, :, a:b] = res.masked_fraction
             labels = np.asarray(split.labels[a:b])
             for i in range(b - a):
