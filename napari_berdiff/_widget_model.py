@@ -82,8 +82,11 @@ class ModelInputs:
         names = [str(n) for n in ck.meta.get("channel_names") or []]
         n = ck.in_channels
         desc = ", ".join(names) if names else f"{n} channel(s)"
+        max_L = int(ck.meta.get("max_L") or 1000)  # trained for noise levels 1..max_L
+        self.c.L.max = max_L
+        self.c.L.tooltip = f"diffusion steps of noise added to the latent code (1..{max_L} for this model)"
         self.c.set_info(self.c.model_info, f"{msg}: {desc}, {ck.ae_config.image_size} px, "
-                                           f"hash {ck.short_hash}")
+                                           f"L <= {max_L}, hash {ck.short_hash}")
         self._set_channels(n, names if len(names) == n else [])
         self._update_buttons()
 

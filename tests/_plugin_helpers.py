@@ -10,7 +10,8 @@ BRATS_NAMES = ["flair", "t1", "t1ce", "t2"]
 
 
 def tiny_checkpoint(path: Path, channels: int = 4, seed: int = 0, names=None, modality=None,
-                    preset: str = "tiny", mode: str = "pad", canvas: int | None = None) -> Path:
+                    preset: str = "tiny", mode: str = "pad", canvas: int | None = None,
+                    max_L: int | None = None) -> Path:
     """A randomly initialised model of ``preset`` saved with ``save_checkpoint``; the U-Net gets
     some signal in its zero-initialised output so that masks grow."""
     import torch
@@ -31,6 +32,8 @@ def tiny_checkpoint(path: Path, channels: int = 4, seed: int = 0, names=None, mo
     meta = {"name": f"test-{preset}-{channels}ch", "channel_names": list(names),
             "modality": modality or ("brats" if channels == 4 else "oct"),
             "preprocess": {"mode": mode, **({"canvas": canvas} if canvas else {})}}
+    if max_L is not None:
+        meta["max_L"] = int(max_L)
     return save_checkpoint(path, autoencoder=ae, unet=unet, meta=meta)
 
 

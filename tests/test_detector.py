@@ -160,3 +160,15 @@ def test_pad_mode_is_the_paper_zero_padding():
     assert y[0, 0, 8:248, 8:248].min() == 1 and y.sum() == 240 * 240
     with pytest.raises(ValueError):
         preprocess.plan((10, 10), 32, "stretch")
+
+
+def test_L_beyond_the_models_trained_noise_levels_is_refused(tmp_path):
+    from _plugin_helpers import tiny_checkpoint
+
+    det = Detector.from_checkpoint(str(tiny_checkpoint(tmp_path / "m.pt", channels=1, max_L=50)),
+                                   device="cpu")
+    assert det.max_L == 50
+    x = np.random.default_rng(0).random((1, 1, 32, 32)).astype(np.float32)
+    assert det.detect(x, L=50, P=0.5, steps=2).anomaly_map.shape == (1, 1, 32, 32)
+    with pytest.raises(ValueError, match="L <= 50"):
+        det.detect(x, L=51, P=0.5, steps=2)

@@ -509,3 +509,17 @@ def test_empty_slices_are_skipped_and_an_all_empty_run_still_gives_layers(make_n
     assert count_calls.evals == 0  # nothing to sample: no network call
     assert len(viewer.layers) == n_layers + 4 + 3
     assert w.outcome.provenance["skipped_slices"] and not np.any(w.outcome.anomaly_map)
+
+
+def test_the_L_slider_stops_at_the_models_trained_noise_levels(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    w = BerdiffWidget(viewer)
+    w.set_checkpoint(tiny_checkpoint(tmp_path / "full.pt"))
+    w.c.L.value = 800
+    w.set_checkpoint(tiny_checkpoint(tmp_path / "limited.pt", max_L=300))
+    assert w.c.L.max == 300 and "L <= 300" in w.c.model_info.value
+    assert w.c.L.value <= 300  # the previous value is clamped into the model's range
+    with pytest.raises(ValueError):
+        w.c.L.value = 900
+    w.set_checkpoint(tiny_checkpoint(tmp_path / "full2.pt"))
+    assert w.c.L.max == 1000

@@ -135,6 +135,12 @@ class Detector:
                 "compile": status if self.compile else "off"}
 
     @property
+    def max_L(self) -> int:
+        """The largest noise level the U-Net was trained for (``meta["max_L"]``, written by
+        ``train-diffusion --t-max``; else the schedule's T)."""
+        return int(self.meta.get("max_L") or self.schedule.T)
+
+    @property
     def in_channels(self) -> int:
         return int(self.autoencoder.config.in_channels)
 
@@ -190,6 +196,9 @@ class Detector:
             names = self.meta.get("channel_names")
             raise ValueError(f"the input has {C} channel(s) but the model expects {self.in_channels}"
                              + (f" ({', '.join(names)})" if names else ""))
+        if int(L) > self.max_L:
+            raise ValueError(f"L = {int(L)} is beyond the noise levels this model was trained for "
+                             f"(L <= {self.max_L}); choose L <= {self.max_L}")
         x = normalize_stack(x, normalize)
         thresholds = [float(P)] if np.isscalar(P) else [float(p) for p in P]
         K = len(thresholds)
