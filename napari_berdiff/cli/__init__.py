@@ -9,12 +9,12 @@ from typing import Sequence
 
 from . import cmd_configs, cmd_inspect, cmd_prepare, cmd_train
 from . import cmd_detect, cmd_evaluate, cmd_grid
-from . import cmd_demo, cmd_synth
+from . import cmd_demo, cmd_export, cmd_synth
 
 # modules exposing register(subparsers); later subcommands append themselves here
 COMMANDS = [cmd_configs, cmd_inspect, cmd_prepare, cmd_train]
 COMMANDS += [cmd_detect, cmd_evaluate, cmd_grid]
-COMMANDS += [cmd_synth, cmd_demo]
+COMMANDS += [cmd_synth, cmd_export, cmd_demo]
 
 
 class CLIError(Exception):

@@ -1,0 +1,42 @@
+"""Shrink a trained checkpoint for shipping: float16 storage of the weights (loaded back into
+float32 models, see :func:`~.checkpoint.load_checkpoint`), no training state."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_torch_save, load_raw
+
+__all__ = ["export_checkpoint"]
+
+
+def _half(state: dict) -> dict:
+    return {k: v.half() if torch.is_floating_point(v) else v for k, v in state.items()}
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, half: bool = True,
+                      overwrite: bool = False) -> Path:
+    """Write ``src``'s networks, schedule and meta to ``dst`` (atomically) without the training
+    state; with ``half`` the floating-point weights are stored as float16 (half the size; the
+    models compute in float32 after loading). ``meta["export"]`` records what was done."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
+    if dst.resolve() == src.resolve():
+        raise ValueError("the export must go to another file than its source")
+    obj = load_raw(src)
+    out = {k: v for k, v in obj.items() if k != "training_state"}
+    for key in ("autoencoder", "unet"):
+        if key in out:
+            state = out[key]["state_dict"]
+            out[key] = dict(out[key], state_dict=_half(state) if half else state)
+    meta = dict(out.get("meta", {}))
+    meta["export"] = {"from": src.name, "weights": "float16" if half else "float32",
+                      "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    out["meta"] = meta
+    atomic_torch_save(out, dst)
+    return dst
