@@ -29,4 +29,4 @@ $BERDIFF train-ae data/prep_brats128 --out runs/brats_ae --config small --steps 
 $BERDIFF train-diffusion data/prep_brats128 --ae runs/brats_ae/autoencoder.pt --out runs/brats_diff --config small \
   --steps "$DIFF_STEPS" --batch-size 16 --lr 2e-4 --threads 1 --ckpt-every 200 --log-every 25 --seed 0 --quiet
 
-cp runs/brats_diff/model.pt napari_berdiff/weights/brats_small.pt
+$BERDIFF export runs/brats_diff/model.pt napari_berdiff/weights/brats_small.pt --overwrite  # float16 weights

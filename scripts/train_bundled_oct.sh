@@ -26,4 +26,4 @@ $BERDIFF train-ae data/prep_oct128 --out runs/oct_ae --config small --steps "$AE
 $BERDIFF train-diffusion data/prep_oct128 --ae runs/oct_ae/autoencoder.pt --out runs/oct_diff --config small \
   --steps "$DIFF_STEPS" --batch-size 16 --lr 2e-4 --threads 1 --ckpt-every 200 --log-every 25 --seed 0 --quiet
 
-cp runs/oct_diff/model.pt napari_berdiff/weights/oct_small.pt
+$BERDIFF export runs/oct_diff/model.pt napari_berdiff/weights/oct_small.pt --overwrite  # float16 weights
