@@ -172,3 +172,16 @@ def test_L_beyond_the_models_trained_noise_levels_is_refused(tmp_path):
     assert det.detect(x, L=50, P=0.5, steps=2).anomaly_map.shape == (1, 1, 32, 32)
     with pytest.raises(ValueError, match="L <= 50"):
         det.detect(x, L=51, P=0.5, steps=2)
+
+
+@pytest.mark.parametrize("hw,size,mode", [((240, 240), 128, "pad"), ((496, 512), 128, "resize"),
+                                          ((300, 200), 128, "square"), ((97, 61), 32, "resize")])
+def test_inference_resizing_equals_the_training_preparation(hw, size, mode):
+    """The detector shrinks slices exactly as prepare-brats/-oct/-folder did for the training data
+    (skimage resize with anti-aliasing), so a model sees the same kind of input at inference."""
+    from napari_berdiff.core.data.geometry import plan_fit_square, plan_resize
+
+    img = np.random.default_rng(1).random((3,) + hw).astype(np.float32)
+    ref = (plan_resize(hw, size) if mode == "resize" else plan_fit_square(hw, size)).apply(img)
+    got = preprocess.to_model(torch.from_numpy(img)[None], preprocess.plan(hw, size, mode))[0]
+    np.testing.assert_allclose(got.numpy(), ref, atol=1e-5)
