@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the README's results: held-out generated test sets (fixed seeds, never seen in
 # training), `berdiff evaluate` tables, `berdiff grid` figures (paper Fig. 3) and the few-step
-# sweep, for the bundled BraTS-like and OCT models. CPU; about half an hour on 2 cores.
+# sweep, for the bundled BraTS-like and OCT models. CPU; about 15 minutes on 2 cores.
 #   bash scripts/eval_bundled.sh            # everything
 #   ONLY=brats bash scripts/eval_bundled.sh # one model
 set -euo pipefail
@@ -10,8 +10,10 @@ BERDIFF=.venv/bin/berdiff
 PY=.venv/bin/python
 OUT=${OUT:-docs/results}
 ONLY=${ONLY:-all}
-MAX=${MAX_SLICES:-240}       # test slices (evenly spaced over the split)
-MAXVAL=${MAX_VAL_SLICES:-120} # validation slices (thresholds of the strict protocol / baselines)
+# all test and validation slices by default; MAX_SLICES / MAX_VAL_SLICES=N for a quicker look
+LIMITS=()
+[ -n "${MAX_SLICES:-}" ] && LIMITS+=(--max-slices "$MAX_SLICES")
+[ -n "${MAX_VAL_SLICES:-}" ] && LIMITS+=(--max-val-slices "$MAX_VAL_SLICES")
 
 if [ "$ONLY" = all ] || [ "$ONLY" = brats ]; then
   # 20 held-out subjects (4 healthy, 10 tumour, 3 cavity, 3 enlarged ventricles), patient split
@@ -20,7 +22,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = brats ]; then
   [ -d data/prep_brats128_heldout ] || $BERDIFF prepare-brats data/synth_brats_heldout \
     data/prep_brats128_heldout --image-size 128 --split 0.05 0.35 0.6 --seed 1 --quiet
   $BERDIFF evaluate data/prep_brats128_heldout --bundled brats --L 200 --P 0.5 --steps 20 \
-    --max-slices "$MAX" --max-val-slices "$MAXVAL" --source data/synth_brats_heldout \
+    "${LIMITS[@]}" --source data/synth_brats_heldout \
     --out "$OUT/brats" --overwrite --no-progress
   $BERDIFF grid data/prep_brats128_heldout --bundled brats --L 50 100 200 300 --P 0.1 0.3 0.5 0.7 0.9 \
     --steps 20 --max-slices 120 --out "$OUT/brats_grid" --overwrite --no-progress
@@ -36,7 +38,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = oct ]; then
     data/prep_oct128_heldout --image-size 128 --val-fraction 0.3 --normal-test-fraction 0.5 \
     --seed 1 --quiet
   $BERDIFF evaluate data/prep_oct128_heldout --bundled oct --L 200 --P 0.5 --steps 20 \
-    --max-slices "$MAX" --max-val-slices "$MAXVAL" --out "$OUT/oct" --overwrite --no-progress
+    "${LIMITS[@]}" --out "$OUT/oct" --overwrite --no-progress
   $BERDIFF grid data/prep_oct128_heldout --bundled oct --L 50 100 200 300 --P 0.1 0.3 0.5 0.7 0.9 \
     --steps 20 --max-slices 120 --out "$OUT/oct_grid" --overwrite --no-progress
 fi
