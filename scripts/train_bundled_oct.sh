@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # Regenerate the bundled OCT model (napari_berdiff/weights/oct_small.pt) from scratch on this CPU:
 # synthetic OCT2017-style B-scans -> prepared images -> autoencoder -> diffusion U-Net.
-# The commands below are the ones that trained the shipped file (see napari_berdiff/weights/TRAINING.md
-# for the step counts actually reached and the wall times).
+# These are the commands that trained the shipped file; napari_berdiff/weights/TRAINING.md has
+# the steps reached and the wall times.
 #   bash scripts/train_bundled_oct.sh            # all stages (hours on 2 CPU cores)
-#   AE_STEPS=... DIFF_STEPS=... bash scripts/train_bundled_oct.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BERDIFF=.venv/bin/berdiff
-AE_STEPS=${AE_STEPS:-4000}
-DIFF_STEPS=${DIFF_STEPS:-20000}
+AE_STEPS=${AE_STEPS:-2706}
+DIFF_STEPS=${DIFF_STEPS:-20000}   # the shipped run was stopped (SIGTERM) and finalised, see TRAINING.md
 
 # 1. 1,600 healthy and 100 drusen B-scans (496 x 512, two scans per synthetic patient)
 [ -d data/synth_oct_train ] || $BERDIFF synth-oct data/synth_oct_train --normal 1600 --drusen 100 --seed 4321
@@ -22,8 +21,9 @@ DIFF_STEPS=${DIFF_STEPS:-20000}
 $BERDIFF train-ae data/prep_oct128 --out runs/oct_ae --config small --steps "$AE_STEPS" --batch-size 8 \
   --lr 2e-4 --disc-weight 0 --hflip --threads 1 --ckpt-every 200 --log-every 25 --sample-every 500 --seed 0 --quiet
 
-# 4. diffusion U-Net on the frozen autoencoder's codes
-$BERDIFF train-diffusion data/prep_oct128 --ae runs/oct_ae/autoencoder.pt --out runs/oct_diff --config small \
-  --steps "$DIFF_STEPS" --batch-size 16 --lr 2e-4 --threads 1 --ckpt-every 200 --log-every 25 --seed 0 --quiet
+# 4. diffusion U-Net on the frozen autoencoder's codes, noise levels t <= 500 only
+$BERDIFF train-diffusion data/prep_oct128 --ae runs/oct_ae/autoencoder.pt --out runs/oct_diff --t-max 500 \
+  --config small --steps "$DIFF_STEPS" --batch-size 16 --lr 2e-4 --threads 1 --ckpt-every 200 --log-every 25 \
+  --sample-every 1000 --seed 0 --quiet
 
 $BERDIFF export runs/oct_diff/model.pt napari_berdiff/weights/oct_small.pt --overwrite  # float16 weights
