@@ -24,7 +24,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = brats ]; then
   $BERDIFF evaluate data/prep_brats128_heldout --bundled brats --L 200 --P 0.5 --steps 20 \
     "${LIMITS[@]}" --source data/synth_brats_heldout \
     --out "$OUT/brats" --overwrite --no-progress
-  $BERDIFF grid data/prep_brats128_heldout --bundled brats --L 50 100 200 300 --P 0.1 0.3 0.5 0.7 0.9 \
+  $BERDIFF grid data/prep_brats128_heldout --bundled brats --L 50 100 200 300 400 500 --P 0.1 0.3 0.5 0.7 0.9 \
     --steps 20 --max-slices 120 --out "$OUT/brats_grid" --overwrite --no-progress
   $PY benchmarks/bench_steps.py data/prep_brats128_heldout --bundled brats --L 200 \
     --steps 200 100 50 20 10 --P 0.3 0.5 --max-slices 40 --out "$OUT/brats_steps"
@@ -39,6 +39,6 @@ if [ "$ONLY" = all ] || [ "$ONLY" = oct ]; then
     --seed 1 --quiet
   $BERDIFF evaluate data/prep_oct128_heldout --bundled oct --L 200 --P 0.5 --steps 20 \
     "${LIMITS[@]}" --out "$OUT/oct" --overwrite --no-progress
-  $BERDIFF grid data/prep_oct128_heldout --bundled oct --L 50 100 200 300 --P 0.1 0.3 0.5 0.7 0.9 \
+  $BERDIFF grid data/prep_oct128_heldout --bundled oct --L 50 100 200 300 400 500 --P 0.1 0.3 0.5 0.7 0.9 \
     --steps 20 --max-slices 120 --out "$OUT/oct_grid" --overwrite --no-progress
 fi
