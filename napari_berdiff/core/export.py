@@ -24,10 +24,10 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, half: b
     state; with ``half`` the floating-point weights are stored as float16 (half the size; the
     models compute in float32 after loading). ``meta["export"]`` records what was done."""
     src, dst = Path(src), Path(dst)
+    if dst.resolve() == src.resolve():  # checked first: --overwrite would not help here
+        raise ValueError("the export must go to another file than its source")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
-    if dst.resolve() == src.resolve():
-        raise ValueError("the export must go to another file than its source")
     obj = load_raw(src)
     out = {k: v for k, v in obj.items() if k != "training_state"}
     for key in ("autoencoder", "unet"):
