@@ -35,6 +35,7 @@ from napari_berdiff.core.sampler import masked_sampler, run_sampler
 from napari_berdiff.core.schedule import BernoulliSchedule
 from napari_berdiff.core.unet import BernoulliUNet
 
+from .code_cache import CodeCache, cache_bytes, describe, should_cache
 from .distributed import DistInfo, init_distributed, wrap_ddp
 from .ema import EMA
 from .loop import LoopOptions, TrainState, TrainTask, run_training
@@ -76,6 +77,7 @@ class DiffusionTask(TrainTask):
                  info: DistInfo, *, amp, lr: float, weight_decay: float, ema: float, meta: dict,
                  samples: torch.Tensor, sample_L: int, t_max: int | None = None) -> None:
         self.ck, self.cfg, self.schedule, self.info, self.amp = ck, cfg, schedule, info, amp
+        self.codes_cached = False  # True: batches are the encoder's probabilities (CodeCache)
         self.t_max = int(t_max or schedule.T)
         self.meta, self.samples, self.sample_L = meta, samples, int(sample_L)
         dev = info.device
@@ -89,8 +91,11 @@ class DiffusionTask(TrainTask):
     def train_step(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         opt, scaler = self.state.optimizers["unet"], self.state.scalers["unet"]
         with torch.no_grad():
-            with self.amp.autocast():
-                probs = self.ae.encode(x)
+            if self.codes_cached:
+                probs = x
+            else:
+                with self.amp.autocast():
+                    probs = self.ae.encode(x)
             z0 = torch.bernoulli(probs.float())  # fresh stochastic code every step
             t = torch.randint(1, self.t_max + 1, (x.shape[0],), device=x.device)
             z_t = self.schedule.q_sample(z0, t)
@@ -174,6 +179,7 @@ def train_diffusion(
     on_end: Callable[[TrainTask], None] | None = None,
     init_unet: str | Path | None = None,
     t_max: int | None = None,
+    cache_codes: str = "auto",
 ) -> Path:
     """Train the diffusion U-Net on the codes of the frozen autoencoder in ``ae_checkpoint``;
     returns the path of ``out_dir/model.pt`` (autoencoder + U-Net + schedule + meta).
@@ -187,7 +193,10 @@ def train_diffusion(
     ignored when the run resumes from ``out_dir/last.pt``). ``t_max``: train on steps t in
     1..t_max only (default T): the detector never samples above its L, so a model meant for L <= 400
     spends its whole budget there; recorded as ``meta["max_L"]``, which the detector and the widget
-    respect. The other options are those of
+    respect. ``cache_codes`` ("auto", "on", "off"): encode the training images once and draw
+    each step's code from the stored probabilities (:mod:`src_training.code_cache`; the same
+    distribution as encoding every batch, about twice as fast on the CPU); "auto" caches when the
+    codes fit in a quarter of the available memory. The other options are those of
     :func:`~src_training.train_autoencoder.train_autoencoder`.
     """
     info = init_distributed(device)
@@ -233,7 +242,32 @@ def train_diffusion(
     if init is not None:  # a resumed run's last.pt replaces these weights again
         task.unet.load_state_dict(init.unet_state)
         task.state.emas["unet"].shadow.load_state_dict(init.unet_state)
+    dataset = _maybe_cache(task, dataset, cache_codes, batch_size, info, progress)
     return run_training(task, dataset, opts)
+
+
+def _maybe_cache(task: DiffusionTask, dataset, mode: str, batch_size: int, info: DistInfo,
+                 progress: bool):
+    """The dataset of cached codes when ``mode`` and the memory allow it, else ``dataset``."""
+    ae = task.ck.ae_config
+    n_bytes = cache_bytes(len(dataset), (ae.latent_channels, ae.latent_size, ae.latent_size),
+                          bool(getattr(dataset, "hflip", False)))
+    use, why = should_cache(mode, n_bytes)
+    if not use:
+        if info.is_main and mode != "off":
+            print(why, file=sys.stderr)
+        return dataset
+
+    def encode(x):
+        with task.amp.autocast():
+            return task.ae.encode(x)
+
+    cache = CodeCache(dataset, encode, info.device, batch_size=max(batch_size, 16))
+    task.codes_cached = True
+    task.meta["training"]["code_cache"] = True
+    if info.is_main and progress:
+        print(f"encoded the training set once: {describe(cache)}", file=sys.stderr)
+    return cache
 
 
 def _init_checkpoint(path: str | Path, cfg: UNetConfig) -> Checkpoint:

@@ -4,7 +4,9 @@ A config is a frozen dataclass that fully describes a network, so that a checkpo
 JSON-safe dict (:meth:`to_dict`) and rebuild the model from it (:meth:`from_dict`). Presets:
 
 - ``"paper"``: SPEC section 6 exactly (256x256xc image -> 128 bits x 32x32).
-- ``"small"``: CPU-trainable models bundled with the package (128x128 -> 32 bits x 16x16).
+- ``"small"``: CPU-trainable models (128x128 -> 64 bits x 16x16); the v1 bundled models.
+- ``"small128"``: as ``"small"`` with 128 bits x 16x16, the paper's bits per image value (0.5 for
+  4 channels, 2 for 1); a less compressive code, so the autoencoder also reproduces anomalies.
 - ``"tiny"``: for tests (32x32 -> 8 bits x 8x8); a forward pass takes milliseconds.
 """
 
@@ -208,6 +210,18 @@ PRESETS: dict[str, Preset] = {
         ),
         unet=UNetConfig(
             latent_channels=64, latent_size=16, model_channels=48, channel_mult=(1, 2, 2),
+            num_res_blocks=1, attention_resolutions=(8,), time_embed_dim=192, norm_groups=16,
+        ),
+    ),
+    "small128": Preset(
+        description="CPU models with the paper's bits per value: 128x128 image -> 128 bits x 16x16; "
+        "AE ~0.9M, U-Net ~2.6M params",
+        autoencoder=AutoencoderConfig(
+            image_size=128, nf=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1,
+            latent_channels=128, z_channels=128, norm_groups=8, disc_channels=32,
+        ),
+        unet=UNetConfig(
+            latent_channels=128, latent_size=16, model_channels=48, channel_mult=(1, 2, 2),
             num_res_blocks=1, attention_resolutions=(8,), time_embed_dim=192, norm_groups=16,
         ),
     ),
