@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["reconstruction_loss", "hinge_d_loss", "hinge_g_loss", "adaptive_weight",
-           "flip_bce_loss", "LPIPSLoss", "lpips_weight_files", "load_lpips", "REC_LOSSES"]
+           "flip_bce_loss", "code_entropy", "LPIPSLoss", "lpips_weight_files", "load_lpips", "REC_LOSSES"]
 
 REC_LOSSES = ("l1", "mse")
 
@@ -60,6 +60,16 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
     n_adv = g_adv.float().norm() / scale
     w = n_rec / (n_adv + 1e-4)
     return torch.clamp(w, 0.0, max_weight).detach()
+
+
+def code_entropy(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean binary entropy (nats) of the encoder's bit probabilities: ln 2 when every bit is a
+    coin flip, 0 when the code is deterministic. A penalty on it (``entropy_weight``) makes the
+    stochastic code ``z ~ Bernoulli(p)`` nearly a function of the image, which the diffusion model
+    can then learn: bits with p near 1/2 are noise it cannot predict, so its flip probabilities
+    stay at the prior."""
+    p = probs.float().clamp(eps, 1 - eps)
+    return -(p * torch.log(p) + (1 - p) * torch.log1p(-p)).mean()
 
 
 def flip_bce_loss(logits: torch.Tensor, z_t: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:

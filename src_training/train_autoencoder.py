@@ -36,7 +36,7 @@ from .distributed import DistInfo, init_distributed, wrap_ddp
 from .ema import EMA
 from .loop import LoopOptions, TrainState, TrainTask, run_training
 from .train_state import configure_cuda, resolve_amp, seed_everything
-from .losses import (adaptive_weight, hinge_d_loss, hinge_g_loss, load_lpips,
+from .losses import (adaptive_weight, code_entropy, hinge_d_loss, hinge_g_loss, load_lpips,
                      reconstruction_loss)
 from .stage_common import check_dataset, fixed_batch, probe_dataset, training_record
 from .trainlog import save_image_grid
@@ -61,8 +61,10 @@ class AutoencoderTask(TrainTask):
 
     def __init__(self, cfg: AutoencoderConfig, info: DistInfo, *, amp, lr: float, ema: float,
                  rec_loss: str, gan_start: int, disc_weight: float, disc_lr: float,
-                 lpips, lpips_weight: float, meta: dict, samples: torch.Tensor) -> None:
+                 lpips, lpips_weight: float, meta: dict, samples: torch.Tensor,
+                 entropy_weight: float = 0.0) -> None:
         self.cfg, self.info, self.amp = cfg, info, amp
+        self.entropy_weight = float(entropy_weight)
         self.rec_loss, self.gan_start, self.disc_weight = rec_loss, int(gan_start), float(disc_weight)
         self.lpips, self.lpips_weight = lpips, float(lpips_weight)
         self.meta, self.samples = meta, samples
@@ -96,6 +98,10 @@ class AutoencoderTask(TrainTask):
                 p = self.lpips(x_rec, x)
             nll = nll + self.lpips_weight * p
             out["lpips"] = p.detach()
+        h = code_entropy(probs)
+        out["code_entropy"] = h.detach()
+        if self.entropy_weight > 0:
+            nll = nll + self.entropy_weight * h
         loss = nll
         if use_gan:
             self.disc.requires_grad_(False)  # the generator step leaves the discriminator alone
@@ -171,6 +177,7 @@ def train_autoencoder(
     disc_lr: float | None = None,
     lpips: str | bool = "off",
     lpips_weight: float = 1.0,
+    entropy_weight: float = 0.0,
     ckpt_every: int = 1000,
     log_every: int = 50,
     sample_every: int = 1000,
@@ -190,7 +197,9 @@ def train_autoencoder(
     ``config`` overrides ``preset``; ``in_channels`` defaults to the dataset's. ``gan_start`` is
     the 1-based step of the first adversarial update; ``disc_weight=0`` trains without a
     discriminator. ``lpips``: ``off`` | ``auto`` (use it when its weights are on disk) | ``on``
-    (error without them). ``resume``: None = continue from ``out_dir/last.pt`` if present, a path,
+    (error without them). ``entropy_weight``: factor on the mean binary entropy of the code
+    (:func:`~src_training.losses.code_entropy`; 0 = SPEC 7 exactly): it pushes the bit
+    probabilities to 0 or 1 so that the diffusion model gets a learnable code. ``resume``: None = continue from ``out_dir/last.pt`` if present, a path,
     or False = start afresh. ``threads`` sets torch's CPU threads (default: torch's choice; under
     torchrun on the CPU the cores are shared out between the local processes). ``num_workers``:
     DataLoader worker processes. ``amp``: ``auto`` | ``bf16`` | ``fp16`` | ``off`` (CUDA only).
@@ -213,6 +222,8 @@ def train_autoencoder(
         preset = None
     what = f"the '{preset}' autoencoder config" if preset else "the autoencoder config"
     check_dataset(dataset, config.in_channels, config.image_size, what, probed)
+    if entropy_weight < 0:
+        raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}")
     if rec_loss not in ("l1", "mse"):
         raise ValueError(f"rec_loss must be l1 or mse, got {rec_loss!r}")
     opts = LoopOptions(out_dir=Path(out_dir), steps=steps, batch_size=batch_size, seed=seed,
@@ -223,7 +234,7 @@ def train_autoencoder(
     perceptual = load_lpips(lpips)
     hyper = dict(batch_size=batch_size, lr=lr, ema=ema, rec_loss=rec_loss, gan_start=gan_start,
                  disc_weight=disc_weight, disc_lr=disc_lr or lr, lpips=perceptual is not None,
-                 seed=seed, amp=amp_cfg.name, device=str(info.device))
+                 entropy_weight=float(entropy_weight), seed=seed, amp=amp_cfg.name, device=str(info.device))
     out_meta = dict(meta or {})
     out_meta["training"] = training_record("autoencoder", steps=steps, preset=preset,
                                            dataset=dataset, world_size=info.world_size, **hyper)
@@ -232,7 +243,7 @@ def train_autoencoder(
     task = AutoencoderTask(config, info, amp=amp_cfg, lr=lr, ema=ema, rec_loss=rec_loss,
                            gan_start=gan_start, disc_weight=disc_weight, disc_lr=disc_lr or lr,
                            lpips=perceptual, lpips_weight=lpips_weight, meta=out_meta,
-                           samples=samples)
+                           samples=samples, entropy_weight=entropy_weight)
     return run_training(task, dataset, opts)
 
 

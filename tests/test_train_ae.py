@@ -102,6 +102,29 @@ def test_ema_update_and_state_dict():
 # ----------------------------------------------------------------------------- a short run
 
 
+def test_code_entropy_is_the_mean_binary_entropy():
+    assert losses.code_entropy(torch.full((2, 3), 0.5)).item() == pytest.approx(math.log(2))
+    assert losses.code_entropy(torch.tensor([0.0, 1.0])).item() == pytest.approx(0.0, abs=1e-4)
+    p = torch.tensor([0.1, 0.8])
+    h = -(p * p.log() + (1 - p) * (1 - p).log()).mean()
+    assert losses.code_entropy(p).item() == pytest.approx(h.item(), rel=1e-6)
+
+
+def test_entropy_weight_makes_the_code_nearly_deterministic(tmp_path):
+    kw = dict(preset="tiny", steps=40, batch_size=8, lr=3e-3, disc_weight=0, ckpt_every=40,
+              log_every=10, sample_every=100, seed=0, device="cpu", resume=False, progress=False)
+    ent = {}
+    for w in (0.0, 0.5):
+        out = tmp_path / f"w{w}"
+        path = train_autoencoder(Blobs(24), out, entropy_weight=w, **kw)
+        ent[w] = loss_series(out / "log.jsonl", "code_entropy")
+        assert load_checkpoint(path).meta["training"]["entropy_weight"] == w
+    assert len(ent[0.0]) == len(ent[0.5]) == 4
+    assert ent[0.5][-1] < 0.5 * ent[0.0][-1], ent  # logged every time, lowered by the penalty
+    with pytest.raises(ValueError, match="entropy_weight"):
+        train_autoencoder(Blobs(4), tmp_path / "bad", entropy_weight=-1, **kw)
+
+
 def test_autoencoder_learns_and_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "ae"
     meta = {"channel_names": ["t1", "flair"], "preprocess": {"mode": "pad"}}
