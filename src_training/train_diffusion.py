@@ -242,12 +242,11 @@ def train_diffusion(
     if init is not None:  # a resumed run's last.pt replaces these weights again
         task.unet.load_state_dict(init.unet_state)
         task.state.emas["unet"].shadow.load_state_dict(init.unet_state)
-    dataset = _maybe_cache(task, dataset, cache_codes, batch_size, info, progress)
+    dataset = _maybe_cache(task, dataset, cache_codes, batch_size, info)
     return run_training(task, dataset, opts)
 
 
-def _maybe_cache(task: DiffusionTask, dataset, mode: str, batch_size: int, info: DistInfo,
-                 progress: bool):
+def _maybe_cache(task: DiffusionTask, dataset, mode: str, batch_size: int, info: DistInfo):
     """The dataset of cached codes when ``mode`` and the memory allow it, else ``dataset``."""
     ae = task.ck.ae_config
     n_bytes = cache_bytes(len(dataset), (ae.latent_channels, ae.latent_size, ae.latent_size),
@@ -265,7 +264,7 @@ def _maybe_cache(task: DiffusionTask, dataset, mode: str, batch_size: int, info:
     cache = CodeCache(dataset, encode, info.device, batch_size=max(batch_size, 16))
     task.codes_cached = True
     task.meta["training"]["code_cache"] = True
-    if info.is_main and progress:
+    if info.is_main:
         print(f"encoded the training set once: {describe(cache)}", file=sys.stderr)
     return cache
 
