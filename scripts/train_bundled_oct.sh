@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Regenerate the bundled OCT model (napari_berdiff/weights/oct_small.pt, v2) from scratch on this
-# CPU: synthetic OCT2017-style B-scans -> prepared images -> autoencoder -> diffusion U-Net.
-# These are the commands that trained the shipped file; napari_berdiff/weights/TRAINING.md has
-# the steps reached, the wall times and the v1 history.
-#   bash scripts/train_bundled_oct.sh            # all stages (about two hours on 2 CPU cores)
+# Regenerate the bundled OCT model (napari_berdiff/weights/oct_small.pt) from scratch on this CPU:
+# synthetic OCT2017-style B-scans -> prepared images -> autoencoder -> diffusion U-Net.
+# These are the commands that trained the shipped file (v1, then v2: the autoencoder's code made
+# nearly deterministic with the entropy penalty and the U-Net fine-tuned on the cached codes);
+# napari_berdiff/weights/TRAINING.md has the steps reached and the wall times.
+#   bash scripts/train_bundled_oct.sh            # all stages (hours on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BERDIFF=.venv/bin/berdiff
-AE_STEPS_PLAIN=${AE_STEPS_PLAIN:-447}   # the shipped run started without the entropy penalty
-AE_STEPS=${AE_STEPS:-20000}             # stopped (SIGTERM) and finalised, see TRAINING.md
-DIFF_STEPS=${DIFF_STEPS:-40000}         # stopped (SIGTERM) and finalised, see TRAINING.md
-AE_OPTS=(--config small128 --batch-size 8 --lr 2e-4 --disc-weight 0 --hflip --threads 1
-         --ckpt-every 100 --log-every 25 --sample-every 500 --seed 0 --quiet)
+AE_STEPS=${AE_STEPS:-2706}
+DIFF_STEPS=${DIFF_STEPS:-4162}
+# v2 runs were stopped (SIGTERM) and finalised with --steps at the step reached, see TRAINING.md
+AE_ENT_STEPS=${AE_ENT_STEPS:-20000}
+DIFF2_STEPS=${DIFF2_STEPS:-40000}
 
 # 1. 1,600 healthy and 100 drusen B-scans (496 x 512, two scans per synthetic patient)
 [ -d data/synth_oct_train ] || $BERDIFF synth-oct data/synth_oct_train --normal 1600 --drusen 100 --seed 4321
@@ -20,15 +21,23 @@ AE_OPTS=(--config small128 --batch-size 8 --lr 2e-4 --disc-weight 0 --hflip --th
 [ -d data/prep_oct128 ] || $BERDIFF prepare-oct data/synth_oct_train data/prep_oct128 --image-size 128 \
   --val-fraction 0.1 --quiet
 
-# 3. autoencoder, 128 bits x 16 x 16, 1 channel (L1, no adversarial term); from step 448 with the
-#    code-entropy penalty (resumes from runs/oct128_ae/last.pt)
-$BERDIFF train-ae data/prep_oct128 --out runs/oct128_ae --steps "$AE_STEPS_PLAIN" "${AE_OPTS[@]}"
-$BERDIFF train-ae data/prep_oct128 --out runs/oct128_ae --steps "$AE_STEPS" --entropy-weight 0.02 \
-  "${AE_OPTS[@]}"
+# 3. autoencoder (L1, no adversarial term), small config, 1 channel
+$BERDIFF train-ae data/prep_oct128 --out runs/oct_ae --config small --steps "$AE_STEPS" --batch-size 8 \
+  --lr 2e-4 --disc-weight 0 --hflip --threads 1 --ckpt-every 200 --log-every 25 --sample-every 500 --seed 0 --quiet
 
-# 4. diffusion U-Net on the frozen autoencoder's codes (encoded once: --cache-codes auto), t <= 400
-$BERDIFF train-diffusion data/prep_oct128 --ae runs/oct128_ae/autoencoder.pt --out runs/oct128_diff \
-  --t-max 400 --steps "$DIFF_STEPS" --batch-size 16 --lr 2e-4 --threads 1 --ckpt-every 200 \
-  --log-every 25 --sample-every 1000 --seed 0 --quiet
+# 4. diffusion U-Net on the frozen autoencoder's codes, noise levels t <= 500 only
+$BERDIFF train-diffusion data/prep_oct128 --ae runs/oct_ae/autoencoder.pt --out runs/oct_diff --t-max 500 \
+  --config small --steps "$DIFF_STEPS" --batch-size 16 --lr 2e-4 --threads 1 --ckpt-every 200 --log-every 25 \
+  --sample-every 1000 --seed 0 --quiet
 
-$BERDIFF export runs/oct128_diff/model.pt napari_berdiff/weights/oct_small.pt --overwrite  # float16
+# 5. v2: the autoencoder continues from step 2706 with the code-entropy penalty, in a new folder
+$BERDIFF train-ae data/prep_oct128 --out runs/oct_ae_ent --resume runs/oct_ae/last.pt --config small \
+  --steps "$AE_ENT_STEPS" --batch-size 8 --lr 2e-4 --disc-weight 0 --entropy-weight 0.02 --hflip \
+  --threads 1 --ckpt-every 100 --log-every 25 --sample-every 250 --seed 0 --quiet
+
+# 6. v2: the U-Net starts from v1 and trains on the new codes (encoded once), noise levels t <= 400
+$BERDIFF train-diffusion data/prep_oct128 --ae runs/oct_ae_ent/autoencoder.pt --out runs/oct_diff2 \
+  --init runs/oct_diff/model.pt --t-max 400 --config small --steps "$DIFF2_STEPS" --batch-size 16 \
+  --lr 2e-4 --threads 1 --ckpt-every 200 --log-every 25 --sample-every 1000 --seed 0 --quiet
+
+$BERDIFF export runs/oct_diff2/model.pt napari_berdiff/weights/oct_small.pt --overwrite  # float16 weights
