@@ -119,3 +119,21 @@ def test_no_overwrite_when_asked(tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", autoencoder=ae)
     with pytest.raises(FileExistsError):
         save_checkpoint(path, autoencoder=ae, overwrite=False)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """Temporary files are private (0600); the published result follows the umask like open()."""
+    import stat
+
+    from napari_berdiff.core.atomic import _UMASK, atomic_dir, atomic_write_text
+    from napari_berdiff.core.batch_io import AtomicFiles
+
+    atomic_write_text(tmp_path / "a.json", "{}")
+    with atomic_dir(tmp_path / "folder") as d:
+        (d / "x.txt").write_text("x")
+    with AtomicFiles() as files:
+        files.temp(tmp_path / "b.csv").write_text("1")
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.json") == 0o666 & ~_UMASK
+    assert mode(tmp_path / "b.csv") == 0o666 & ~_UMASK
+    assert mode(tmp_path / "folder") == 0o777 & ~_UMASK

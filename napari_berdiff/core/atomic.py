@@ -11,6 +11,23 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def publish_mode(path: str | os.PathLike) -> None:
+    """Give a temporary file or folder the permissions a plain ``open``/``mkdir`` would have
+    given it (0666 / 0777 less the umask): tempfile creates them private (0600 / 0700), which
+    would hide results from the rest of a lab group once renamed."""
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, base & ~_UMASK)
+
+
 def check_can_write(out: str | os.PathLike, overwrite: bool) -> None:
     """FileExistsError when ``out`` exists and ``overwrite`` is off."""
     out = Path(out)
@@ -33,6 +50,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     try:
         yield tmp
         check_can_write(final, overwrite)
+        publish_mode(tmp)
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
             os.replace(final, old / final.name)
@@ -57,6 +75,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

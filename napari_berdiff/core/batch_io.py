@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .data.readers import NIFTI_EXTENSIONS, is_image, is_nifti
-from .atomic import atomic_write_text  # noqa: F401 (part of this module's API)
+from .atomic import atomic_write_text, publish_mode  # noqa: F401 (atomic_write_text: part of this API)
 
 __all__ = ["InputItem", "discover_inputs", "output_paths", "check_outputs", "AtomicFiles",
            "atomic_write_text", "shard", "parse_slices", "strip_extension"]
@@ -174,6 +174,7 @@ class AtomicFiles:
         if exc_type is None:
             try:
                 for tmp, final in self._pairs:
+                    publish_mode(tmp)
                     os.replace(tmp, final)
                 return
             except BaseException:
