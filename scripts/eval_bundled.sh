@@ -23,7 +23,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = brats ]; then
   $BERDIFF evaluate data/prep_brats128_heldout --bundled brats --L 200 --P 0.5 --steps 20 \
     "${LIMITS[@]}" --source data/synth_brats_heldout \
     --out "$OUT/brats" --overwrite --no-progress
-  $BERDIFF grid data/prep_brats128_heldout --bundled brats --L 100 200 300 500 --P 0.1 0.3 0.5 0.7 \
+  $BERDIFF grid data/prep_brats128_heldout --bundled brats --L 100 200 300 400 --P 0.1 0.3 0.5 0.7 \
     --steps 20 --max-slices 40 --threads 1 --out "$OUT/brats_grid" --overwrite --no-progress
   $PY benchmarks/bench_steps.py data/prep_brats128_heldout --bundled brats --L 200 \
     --steps 200 50 20 10 --P 0.5 --max-slices 30 --threads 1 --out "$OUT/brats_steps"
