@@ -24,14 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from napari_berdiff.core.checkpoint import load_checkpoint  # noqa: E402
+from napari_berdiff.core.evaluation_report import pick_slices  # noqa: E402
 from napari_berdiff.core.metrics import psnr  # noqa: E402
 from src_training.datasets import load_eval_split  # noqa: E402
-
-
-def evenly(n: int, k: int | None) -> np.ndarray:
-    if not k or k >= n:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, k).round().astype(int))
 
 
 def measure(ckpt_path: str, data: str, split: str, max_slices: int | None, batch: int,
@@ -39,7 +34,7 @@ def measure(ckpt_path: str, data: str, split: str, max_slices: int | None, batch
     ck = load_checkpoint(ckpt_path)
     ae = ck.build_autoencoder("cpu")
     s = load_eval_split(data, split)
-    s = s.subset(evenly(len(s), max_slices))
+    s = s.subset(pick_slices(len(s), max_slices))
     ck.check_channels(s.images.shape[1], f"{data} ({split})")
     gen = torch.Generator().manual_seed(seed)
     values, inside, outside = [], [], []

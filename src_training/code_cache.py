@@ -54,8 +54,7 @@ class CodeCache(Dataset):
     ``device``). ``dataset.hflip`` (when set) is honoured as described in the module docstring."""
 
     def __init__(self, dataset, encode: Callable[[torch.Tensor], torch.Tensor],
-                 device: torch.device | str = "cpu", batch_size: int = 32,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 device: torch.device | str = "cpu", batch_size: int = 32) -> None:
         self.hflip = bool(getattr(dataset, "hflip", False))
         n = len(dataset)
         if n == 0:
@@ -64,7 +63,7 @@ class CodeCache(Dataset):
         if had is not None:
             dataset.hflip = False  # read the stored orientation; flips are cached separately
         try:
-            views = [self._encode_all(dataset, encode, device, batch_size, flip, progress)
+            views = [self._encode_all(dataset, encode, device, batch_size, flip)
                      for flip in ((False, True) if self.hflip else (False,))]
         finally:
             if had is not None:
@@ -73,7 +72,7 @@ class CodeCache(Dataset):
 
     @staticmethod
     @torch.no_grad()
-    def _encode_all(dataset, encode, device, batch_size, flip, progress) -> torch.Tensor:
+    def _encode_all(dataset, encode, device, batch_size, flip) -> torch.Tensor:
         out = []
         n = len(dataset)
         for a in range(0, n, batch_size):
@@ -81,8 +80,6 @@ class CodeCache(Dataset):
             if flip:
                 x = torch.flip(x, dims=(-1,))
             out.append(encode(x).float().cpu().to(torch.float16))
-            if progress is not None:
-                progress(min(a + batch_size, n), n)
         return torch.cat(out)
 
     @property

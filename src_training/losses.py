@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["reconstruction_loss", "hinge_d_loss", "hinge_g_loss", "adaptive_weight",
-           "flip_bce_loss", "code_entropy", "LPIPSLoss", "lpips_weight_files", "load_lpips", "REC_LOSSES"]
+           "flip_bce_loss", "code_entropy", "LPIPSLoss", "lpips_weight_files", "load_lpips",
+           "REC_LOSSES"]
 
 REC_LOSSES = ("l1", "mse")
 

@@ -199,8 +199,8 @@ def train_autoencoder(
     discriminator. ``lpips``: ``off`` | ``auto`` (use it when its weights are on disk) | ``on``
     (error without them). ``entropy_weight``: factor on the mean binary entropy of the code
     (:func:`~src_training.losses.code_entropy`; 0 = SPEC 7 exactly): it pushes the bit
-    probabilities to 0 or 1 so that the diffusion model gets a learnable code. ``resume``: None = continue from ``out_dir/last.pt`` if present, a path,
-    or False = start afresh. ``threads`` sets torch's CPU threads (default: torch's choice; under
+    probabilities to 0 or 1 so that the diffusion model gets a learnable code. ``resume``: None =
+    continue from ``out_dir/last.pt`` if present, a path, or False = start afresh. ``threads`` sets torch's CPU threads (default: torch's choice; under
     torchrun on the CPU the cores are shared out between the local processes). ``num_workers``:
     DataLoader worker processes. ``amp``: ``auto`` | ``bf16`` | ``fp16`` | ``off`` (CUDA only).
     Under ``torchrun`` each process trains on its shard (DDP; ``batch_size`` is per process); call
@@ -234,7 +234,8 @@ def train_autoencoder(
     perceptual = load_lpips(lpips)
     hyper = dict(batch_size=batch_size, lr=lr, ema=ema, rec_loss=rec_loss, gan_start=gan_start,
                  disc_weight=disc_weight, disc_lr=disc_lr or lr, lpips=perceptual is not None,
-                 entropy_weight=float(entropy_weight), seed=seed, amp=amp_cfg.name, device=str(info.device))
+                 entropy_weight=float(entropy_weight), seed=seed, amp=amp_cfg.name,
+                 device=str(info.device))
     out_meta = dict(meta or {})
     out_meta["training"] = training_record("autoencoder", steps=steps, preset=preset,
                                            dataset=dataset, world_size=info.world_size, **hyper)

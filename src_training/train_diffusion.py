@@ -91,11 +91,7 @@ class DiffusionTask(TrainTask):
     def train_step(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         opt, scaler = self.state.optimizers["unet"], self.state.scalers["unet"]
         with torch.no_grad():
-            if self.codes_cached:
-                probs = x
-            else:
-                with self.amp.autocast():
-                    probs = self.ae.encode(x)
+            probs = x if self.codes_cached else self.encode(x)
             z0 = torch.bernoulli(probs.float())  # fresh stochastic code every step
             t = torch.randint(1, self.t_max + 1, (x.shape[0],), device=x.device)
             z_t = self.schedule.q_sample(z0, t)
@@ -108,6 +104,11 @@ class DiffusionTask(TrainTask):
         scaler.update()
         self.state.emas["unet"].update(self.unet)
         return {"bce": loss.detach()}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen encoder's bit probabilities of a batch of images (under the run's amp)."""
+        with self.amp.autocast():
+            return self.ae.encode(x)
 
     def export(self, ema_states: Mapping[str, dict]) -> dict:
         meta = dict(self.meta)
@@ -257,11 +258,7 @@ def _maybe_cache(task: DiffusionTask, dataset, mode: str, batch_size: int, info:
             print(why, file=sys.stderr)
         return dataset
 
-    def encode(x):
-        with task.amp.autocast():
-            return task.ae.encode(x)
-
-    cache = CodeCache(dataset, encode, info.device, batch_size=max(batch_size, 16))
+    cache = CodeCache(dataset, task.encode, info.device, batch_size=max(batch_size, 16))
     task.codes_cached = True
     task.meta["training"]["code_cache"] = True
     if info.is_main:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .data.readers import NIFTI_EXTENSIONS, is_image, is_nifti
-from .atomic import atomic_write_text, publish_mode  # noqa: F401 (atomic_write_text: part of this API)
+from .atomic import atomic_write_text, publish_mode  # noqa: F401 (atomic_write_text: re-exported)
 
 __all__ = ["InputItem", "discover_inputs", "output_paths", "check_outputs", "AtomicFiles",
            "atomic_write_text", "shard", "parse_slices", "strip_extension"]

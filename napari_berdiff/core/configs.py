@@ -196,6 +196,15 @@ class Preset:
     unet: UNetConfig
 
 
+_SMALL_AE = AutoencoderConfig(
+    image_size=128, nf=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1,
+    latent_channels=64, z_channels=64, norm_groups=8, disc_channels=32,
+)
+_SMALL_UNET = UNetConfig(
+    latent_channels=64, latent_size=16, model_channels=48, channel_mult=(1, 2, 2),
+    num_res_blocks=1, attention_resolutions=(8,), time_embed_dim=192, norm_groups=16,
+)
+
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         description="SPEC 6 / paper: 256x256 image -> 128 bits x 32x32; AE ~4.1M, U-Net 36.0M params",
@@ -204,26 +213,14 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         description="bundled CPU models: 128x128 image -> 64 bits x 16x16; AE ~0.9M, U-Net ~2.6M params",
-        autoencoder=AutoencoderConfig(
-            image_size=128, nf=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1,
-            latent_channels=64, z_channels=64, norm_groups=8, disc_channels=32,
-        ),
-        unet=UNetConfig(
-            latent_channels=64, latent_size=16, model_channels=48, channel_mult=(1, 2, 2),
-            num_res_blocks=1, attention_resolutions=(8,), time_embed_dim=192, norm_groups=16,
-        ),
+        autoencoder=_SMALL_AE,
+        unet=_SMALL_UNET,
     ),
     "small128": Preset(
         description="CPU models with the paper's bits per value: 128x128 image -> 128 bits x 16x16; "
         "AE ~0.9M, U-Net ~2.6M params",
-        autoencoder=AutoencoderConfig(
-            image_size=128, nf=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1,
-            latent_channels=128, z_channels=128, norm_groups=8, disc_channels=32,
-        ),
-        unet=UNetConfig(
-            latent_channels=128, latent_size=16, model_channels=48, channel_mult=(1, 2, 2),
-            num_res_blocks=1, attention_resolutions=(8,), time_embed_dim=192, norm_groups=16,
-        ),
+        autoencoder=dataclasses.replace(_SMALL_AE, latent_channels=128, z_channels=128),
+        unet=dataclasses.replace(_SMALL_UNET, latent_channels=128),
     ),
     "tiny": Preset(
         description="tests: 32x32 image -> 8 bits x 8x8; AE ~55k, U-Net ~46k params",
