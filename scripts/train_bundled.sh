@@ -13,9 +13,9 @@ AE_STEPS_V0=${AE_STEPS_V0:-1992}
 DIFF_STEPS_V0=${DIFF_STEPS_V0:-3708}
 AE_STEPS=${AE_STEPS:-5008}
 DIFF_STEPS=${DIFF_STEPS:-4096}
-# v2 runs were stopped (SIGTERM) and finalised with --steps at the step reached, see TRAINING.md
-AE_ENT_STEPS=${AE_ENT_STEPS:-20000}
-DIFF2_STEPS=${DIFF2_STEPS:-40000}
+# v2: the steps the shipped runs reached (they were stopped by SIGTERM and finalised with --steps)
+AE_ENT_STEPS=${AE_ENT_STEPS:-5887}
+DIFF2_STEPS=${DIFF2_STEPS:-12001}
 AE_OPTS=(--config small --batch-size 8 --lr 2e-4 --disc-weight 0 --hflip --threads 1 --ckpt-every 200
          --log-every 25 --sample-every 500 --seed 0 --quiet)
 DIFF_OPTS=(--config small --batch-size 16 --lr 2e-4 --threads 1 --ckpt-every 200 --log-every 25 --seed 0 --quiet)

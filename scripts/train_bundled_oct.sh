@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 BERDIFF=.venv/bin/berdiff
 AE_STEPS=${AE_STEPS:-2706}
 DIFF_STEPS=${DIFF_STEPS:-4162}
-# v2 runs were stopped (SIGTERM) and finalised with --steps at the step reached, see TRAINING.md
-AE_ENT_STEPS=${AE_ENT_STEPS:-20000}
-DIFF2_STEPS=${DIFF2_STEPS:-40000}
+# v2: the steps the shipped runs reached (they were stopped by SIGTERM and finalised with --steps)
+AE_ENT_STEPS=${AE_ENT_STEPS:-3591}
+DIFF2_STEPS=${DIFF2_STEPS:-12058}
 
 # 1. 1,600 healthy and 100 drusen B-scans (496 x 512, two scans per synthetic patient)
 [ -d data/synth_oct_train ] || $BERDIFF synth-oct data/synth_oct_train --normal 1600 --drusen 100 --seed 4321
