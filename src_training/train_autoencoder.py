@@ -38,6 +38,7 @@ from .loop import LoopOptions, TrainState, TrainTask, run_training
 from .train_state import configure_cuda, resolve_amp, seed_everything
 from .losses import (adaptive_weight, code_entropy, hinge_d_loss, hinge_g_loss, load_lpips,
                      reconstruction_loss)
+from .content_mix import content_mix as mix_content
 from .stage_common import check_dataset, fixed_batch, probe_dataset, training_record
 from .trainlog import save_image_grid
 
@@ -62,9 +63,10 @@ class AutoencoderTask(TrainTask):
     def __init__(self, cfg: AutoencoderConfig, info: DistInfo, *, amp, lr: float, ema: float,
                  rec_loss: str, gan_start: int, disc_weight: float, disc_lr: float,
                  lpips, lpips_weight: float, meta: dict, samples: torch.Tensor,
-                 entropy_weight: float = 0.0) -> None:
+                 entropy_weight: float = 0.0, content_mix: float = 0.0) -> None:
         self.cfg, self.info, self.amp = cfg, info, amp
         self.entropy_weight = float(entropy_weight)
+        self.content_mix = float(content_mix)
         self.rec_loss, self.gan_start, self.disc_weight = rec_loss, int(gan_start), float(disc_weight)
         self.lpips, self.lpips_weight = lpips, float(lpips_weight)
         self.meta, self.samples = meta, samples
@@ -89,6 +91,8 @@ class AutoencoderTask(TrainTask):
         st = self.state
         opt, scaler = st.optimizers["autoencoder"], st.scalers["autoencoder"]
         use_gan = self.disc is not None and step >= self.gan_start
+        if self.content_mix > 0:  # the target is the mixed image itself (identity)
+            x = mix_content(x, self.content_mix)
         with self.amp.autocast():
             x_rec, probs, _bits = self.ae_ddp(x)
         nll = reconstruction_loss(x_rec, x, self.rec_loss)
@@ -178,6 +182,7 @@ def train_autoencoder(
     lpips: str | bool = "off",
     lpips_weight: float = 1.0,
     entropy_weight: float = 0.0,
+    content_mix: float = 0.0,
     ckpt_every: int = 1000,
     log_every: int = 50,
     sample_every: int = 1000,
@@ -199,7 +204,10 @@ def train_autoencoder(
     discriminator. ``lpips``: ``off`` | ``auto`` (use it when its weights are on disk) | ``on``
     (error without them). ``entropy_weight``: factor on the mean binary entropy of the code
     (:func:`~src_training.losses.code_entropy`; 0 = SPEC 7 exactly): it pushes the bit
-    probabilities to 0 or 1 so that the diffusion model gets a learnable code. ``resume``: None =
+    probabilities to 0 or 1 so that the diffusion model gets a learnable code. ``content_mix``:
+    probability that a training image carries a pasted region of another healthy image with new
+    contrast (:func:`~src_training.content_mix.content_mix`; 0 = SPEC 7 exactly): it teaches the
+    autoencoder to reproduce content it has not seen, such as anomalies. ``resume``: None =
     continue from ``out_dir/last.pt`` if present, a path, or False = start afresh. ``threads`` sets torch's CPU threads (default: torch's choice; under
     torchrun on the CPU the cores are shared out between the local processes). ``num_workers``:
     DataLoader worker processes. ``amp``: ``auto`` | ``bf16`` | ``fp16`` | ``off`` (CUDA only).
@@ -224,6 +232,8 @@ def train_autoencoder(
     check_dataset(dataset, config.in_channels, config.image_size, what, probed)
     if entropy_weight < 0:
         raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}")
+    if not 0.0 <= content_mix <= 1.0:
+        raise ValueError(f"content_mix must be a probability in [0, 1], got {content_mix}")
     if rec_loss not in ("l1", "mse"):
         raise ValueError(f"rec_loss must be l1 or mse, got {rec_loss!r}")
     opts = LoopOptions(out_dir=Path(out_dir), steps=steps, batch_size=batch_size, seed=seed,
@@ -234,7 +244,8 @@ def train_autoencoder(
     perceptual = load_lpips(lpips)
     hyper = dict(batch_size=batch_size, lr=lr, ema=ema, rec_loss=rec_loss, gan_start=gan_start,
                  disc_weight=disc_weight, disc_lr=disc_lr or lr, lpips=perceptual is not None,
-                 entropy_weight=float(entropy_weight), seed=seed, amp=amp_cfg.name,
+                 entropy_weight=float(entropy_weight), content_mix=float(content_mix),
+                 seed=seed, amp=amp_cfg.name,
                  device=str(info.device))
     out_meta = dict(meta or {})
     out_meta["training"] = training_record("autoencoder", steps=steps, preset=preset,
@@ -244,7 +255,8 @@ def train_autoencoder(
     task = AutoencoderTask(config, info, amp=amp_cfg, lr=lr, ema=ema, rec_loss=rec_loss,
                            gan_start=gan_start, disc_weight=disc_weight, disc_lr=disc_lr or lr,
                            lpips=perceptual, lpips_weight=lpips_weight, meta=out_meta,
-                           samples=samples, entropy_weight=entropy_weight)
+                           samples=samples, entropy_weight=entropy_weight,
+                           content_mix=content_mix)
     return run_training(task, dataset, opts)
 
 

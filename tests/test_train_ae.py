@@ -185,7 +185,7 @@ def test_cli_train_ae_on_a_prepared_directory(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train-ae", str(data), "--out", str(out), "--config", "tiny", "--steps", "6",
             "--batch-size", "4", "--ckpt-every", "3", "--log-every", "2", "--device", "cpu",
-            "--threads", "1", "--quiet"]
+            "--threads", "1", "--content-mix", "0.3", "--quiet"]
     r = _berdiff(*args)  # as a user runs it
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("autoencoder.pt")
@@ -193,6 +193,7 @@ def test_cli_train_ae_on_a_prepared_directory(tmp_path, capsys):
     assert ck.meta["channel_names"] == ["t1", "flair"]
     assert ck.meta["preprocess"] == {"mode": "pad"} and ck.meta["modality"] == "brats"
     assert "train-ae" in ck.meta["trained_with"] and ck.meta["training"]["dataset"] == str(data)
+    assert ck.meta["training"]["content_mix"] == 0.3
     # rerunning with more steps continues from last.pt (in-process, to save a start-up)
     assert main([a if a != "6" else "8" for a in args]) == 0
     assert "resuming autoencoder training" in capsys.readouterr().out

@@ -71,6 +71,11 @@ def register(sub) -> None:
                    help="factor on the mean binary entropy of the code: pushes the bit "
                         "probabilities to 0/1 so that the diffusion model can learn the code "
                         "(0: SPEC 7 exactly; the bundled models use 0.02)")
+    p.add_argument("--content-mix", type=float, default=0.0, metavar="PROB",
+                   help="probability that a training image gets a pasted region of another "
+                        "healthy image with new contrast, which the autoencoder must reproduce: "
+                        "teaches it to reconstruct unseen content such as anomalies "
+                        "(0: SPEC 7 exactly)")
     p.set_defaults(func=run_ae)
 
     q = sub.add_parser("train-diffusion",
@@ -138,7 +143,8 @@ def run_ae(args) -> int:
     return _run(train_autoencoder, ds, args.out, preset=args.config, rec_loss=args.rec_loss,
                 gan_start=args.gan_start, disc_weight=args.disc_weight, disc_lr=args.disc_lr,
                 lpips=args.lpips, lpips_weight=args.lpips_weight,
-                entropy_weight=args.entropy_weight, meta=meta, **_loop_kwargs(args))
+                entropy_weight=args.entropy_weight, content_mix=args.content_mix, meta=meta,
+                **_loop_kwargs(args))
 
 
 def run_diffusion(args) -> int:
