@@ -86,7 +86,8 @@ def test_presets_are_consistent() -> None:
     assert set(descriptions) == set(PRESETS) >= {"paper", "small", "tiny"}
     assert all(isinstance(d, str) and d and "\n" not in d for d in descriptions.values())
     expected = {"paper": (256, 8, 128, 32), "small": (128, 8, 64, 16),
-                "small128": (128, 8, 128, 16), "tiny": (32, 4, 8, 8)}
+                "small128": (128, 8, 128, 16), "small-f4": (128, 4, 32, 32),
+                "tiny": (32, 4, 8, 8)}
     for name, (size, factor, bits, latent) in expected.items():
         ae, unet = get_preset(name, 3)
         assert ae.in_channels == 3
