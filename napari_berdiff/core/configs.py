@@ -9,7 +9,7 @@ JSON-safe dict (:meth:`to_dict`) and rebuild the model from it (:meth:`from_dict
   4 channels, 2 for 1); a less compressive code, so the autoencoder also reproduces anomalies.
 - ``"small-f4"``: 128x128 -> 32 bits x 32x32 (downsampling 4): the paper's latent grid and bits per
   value at half its image size; each latent cell covers 4x4 pixels instead of 8x8, so fine
-  structure and anomalies survive the code (the U-Net is ~4x costlier per step than ``"small"``).
+  structure and anomalies survive the code (the U-Net is ~3x costlier per step than ``"small"``).
 - ``"tiny"``: for tests (32x32 -> 8 bits x 8x8); a forward pass takes milliseconds.
 """
 
@@ -227,9 +227,12 @@ PRESETS: dict[str, Preset] = {
     ),
     "small-f4": Preset(
         description="CPU models with the paper's latent grid: 128x128 image -> 32 bits x 32x32 "
-        "(downsampling 4); AE ~0.6M, U-Net ~2.5M params",
+        "(downsampling 4); AE ~0.7M, U-Net ~2.8M params",
         autoencoder=dataclasses.replace(_SMALL_AE, ch_mult=(1, 2, 4), latent_channels=32),
-        unet=dataclasses.replace(_SMALL_UNET, latent_channels=32, latent_size=32),
+        # 32 channels at 32x32 (the costly level), 128 at 8x8 with attention: 25% faster per
+        # step on the CPU than the "small" U-Net's widths at this grid
+        unet=dataclasses.replace(_SMALL_UNET, latent_channels=32, latent_size=32,
+                                 model_channels=32, channel_mult=(1, 2, 4)),
     ),
     "tiny": Preset(
         description="tests: 32x32 image -> 8 bits x 8x8; AE ~55k, U-Net ~46k params",
