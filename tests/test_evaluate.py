@@ -225,3 +225,34 @@ def test_oct_scans_without_masks_count_for_the_image_level_only():
     assert rows["threshold"]["paper_auroc"] == 1.0  # the band is the brightest structure
     assert set(res["per_kind"]) == {"DRUSEN"}
     assert 0.0 <= rows["masked"]["image_auroc_fraction"] <= 1.0  # over all 4 scans
+
+
+def test_ae_psnr_benchmark_separates_the_anomalys_cost(prepared, checkpoint, tmp_path):
+    # as a user runs it: python benchmarks/ae_psnr.py CKPT PREPARED --json F
+    out = tmp_path / "psnr.json"
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "ae_psnr.py"), str(checkpoint),
+                        str(prepared), "--split", "test", "--threads", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "the anomaly itself costs" in r.stdout
+    got = json.loads(out.read_text())
+    test = load_eval_split(prepared, "test")
+    assert got["slices"] == len(test) and got["diseased"] == int((~test.healthy).sum()) > 0
+    assert got["gap_db"] == pytest.approx(got["psnr_healthy"] - got["psnr_diseased"])
+    # recompute the diseased slices' PSNR with and without the anomaly from the same codes
+    from napari_berdiff.core.checkpoint import load_checkpoint
+
+    ae = load_checkpoint(checkpoint).build_autoencoder("cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # batch 16 covers the split in one call: the same draws as the script
+        x = torch.from_numpy(np.ascontiguousarray(test.images))
+        rec = ae.decode(ae.sample_bits(ae.encode(x), generator=gen)).clamp(0, 1).numpy()
+    whole, rest = [], []
+    for i in np.flatnonzero(~test.healthy):
+        xi, ri, lab = test.images[i], rec[i], test.labels[i].astype(bool)
+        whole.append(20 * np.log10(xi.max() / np.sqrt(((xi - ri) ** 2).mean())))
+        rest.append(20 * np.log10(xi.max() / np.sqrt(((xi - ri) ** 2)[:, ~lab].mean())))
+    assert got["psnr_diseased"] == pytest.approx(np.mean(whole), abs=1e-3)
+    assert got["psnr_diseased_without_anomaly"] == pytest.approx(np.mean(rest), abs=1e-3)
+    assert got["anomaly_cost_db"] == pytest.approx(np.mean(rest) - np.mean(whole), abs=1e-3)
