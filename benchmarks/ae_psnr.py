@@ -49,11 +49,12 @@ def measure(ckpt_path: str, data: str, split: str, max_slices: int | None, batch
             for j in range(rec.shape[0]):
                 xi, ri, lab = s.images[i + j], rec[j], s.labels[i + j].astype(bool)
                 values.append(psnr(xi, ri))
-                err = ((xi - ri) ** 2).sum(0)
+                sq = (xi - ri) ** 2
+                err = sq.sum(0)
                 if lab.any():
-                    # the same slice's PSNR with the anomaly's pixels left out: what the gap
-                    # would be if the anomaly were reproduced as well as the rest of the slice
-                    mse_rest = float(((xi - ri) ** 2)[:, ~lab].mean())
+                    # the same slice's PSNR (same peak) with the anomaly's pixels left out: what
+                    # the gap would be if the anomaly were reproduced as well as the rest
+                    mse_rest = float(sq[:, ~lab].mean())
                     without.append(20 * np.log10(float(xi.max()) / np.sqrt(max(mse_rest, 1e-12))))
                     inside.append(float(err[lab].mean()))
                     outside.append(float(err[~lab & (xi.max(0) > 0)].mean()))

@@ -94,6 +94,6 @@ def content_mix(x: torch.Tensor, prob: float, *, generator: torch.Generator | No
 
 
 def mixed_fraction(x: torch.Tensor, mixed: torch.Tensor, tol: float = 1e-6) -> float:
-    """Fraction of pixels changed by the mixing (for logs and tests)."""
+    """Fraction of pixels changed by the mixing (to inspect a setting; used by the tests)."""
     return float(((x - mixed).abs().amax(1) > tol).float().mean())
 

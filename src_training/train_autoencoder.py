@@ -208,9 +208,9 @@ def train_autoencoder(
     probability that a training image carries a pasted region of another healthy image with new
     contrast (:func:`~src_training.content_mix.content_mix`; 0 = SPEC 7 exactly): it teaches the
     autoencoder to reproduce content it has not seen, such as anomalies. ``resume``: None =
-    continue from ``out_dir/last.pt`` if present, a path, or False = start afresh. ``threads`` sets torch's CPU threads (default: torch's choice; under
-    torchrun on the CPU the cores are shared out between the local processes). ``num_workers``:
-    DataLoader worker processes. ``amp``: ``auto`` | ``bf16`` | ``fp16`` | ``off`` (CUDA only).
+    continue from ``out_dir/last.pt`` if present, a path, or False = start afresh. ``threads``
+    sets torch's CPU threads (default: torch's choice; under torchrun on the CPU the cores are
+    shared out between the local processes). ``num_workers``: DataLoader worker processes. ``amp``: ``auto`` | ``bf16`` | ``fp16`` | ``off`` (CUDA only).
     Under ``torchrun`` each process trains on its shard (DDP; ``batch_size`` is per process); call
     it the same way. Raises :class:`~src_training.train_state.TrainingInterrupted` after saving when
     stopped by Ctrl-C/SIGTERM.
@@ -245,8 +245,7 @@ def train_autoencoder(
     hyper = dict(batch_size=batch_size, lr=lr, ema=ema, rec_loss=rec_loss, gan_start=gan_start,
                  disc_weight=disc_weight, disc_lr=disc_lr or lr, lpips=perceptual is not None,
                  entropy_weight=float(entropy_weight), content_mix=float(content_mix),
-                 seed=seed, amp=amp_cfg.name,
-                 device=str(info.device))
+                 seed=seed, amp=amp_cfg.name, device=str(info.device))
     out_meta = dict(meta or {})
     out_meta["training"] = training_record("autoencoder", steps=steps, preset=preset,
                                            dataset=dataset, world_size=info.world_size, **hyper)
