@@ -262,7 +262,7 @@ def _maybe_cache(task: DiffusionTask, dataset, mode: str, batch_size: int, info:
     task.codes_cached = True
     task.meta["training"]["code_cache"] = True
     if info.is_main:
-        print(f"encoded the training set once: {describe(cache)}", file=sys.stderr)
+        print(f"{why}; encoded the training set once: {describe(cache)}", file=sys.stderr)
     return cache
 
 
