@@ -256,3 +256,51 @@ def test_ae_psnr_benchmark_separates_the_anomalys_cost(prepared, checkpoint, tmp
     assert got["psnr_diseased"] == pytest.approx(np.mean(whole), abs=1e-3)
     assert got["psnr_diseased_without_anomaly"] == pytest.approx(np.mean(rest), abs=1e-3)
     assert got["anomaly_cost_db"] == pytest.approx(np.mean(rest) - np.mean(whole), abs=1e-3)
+
+
+def _unet_anomaly():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "unet_anomaly.py"
+    spec = importlib.util.spec_from_file_location("unet_anomaly", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_unet_anomaly_cells_and_bits_on_a_hand_case():
+    mod = _unet_anomaly()
+    lab = np.zeros((1, 4, 4), bool)
+    lab[0, 0, 0:2] = True          # cell (0,0): 2 of 4 pixels -> anomaly
+    lab[0, 0, 2] = True            # cell (0,1): 1 of 4 -> partial, left out
+    cells = mod.cell_labels(lab, 2)
+    assert cells.tolist() == [[[1, -1], [0, 0]]]
+    # 1 image, 1 channel, 2x2 cells; the noise flipped the bit of cell (1,1) only
+    z = np.array([[[[1, 0], [0, 1]]]], float)
+    z_t = np.array([[[[1, 0], [0, 0]]]], float)
+    eps = np.array([[[[0.7, 0.9], [0.2, 0.6]]]])
+    scores, is_anom, hits, n = mod.split_bits(eps, z, z_t, cells, P=0.5)
+    assert sorted(zip(scores.tolist(), is_anom.tolist())) == [(0.2, False), (0.7, True)]
+    assert (hits, n) == (1, 1)
+    _, _, hits, _ = mod.split_bits(eps, z, z_t, cells, P=0.65)
+    assert hits == 0
+
+
+def test_unet_anomaly_benchmark_runs_as_a_user_calls_it(prepared, checkpoint, tmp_path):
+    out = tmp_path / "u.json"
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "unet_anomaly.py"), str(checkpoint),
+                        str(prepared), "--split", "test", "--t", "20", "200", "--threads", "1",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    test = load_eval_split(prepared, "test")
+    assert got["slices"] == int((~test.healthy).sum()) > 0 and got["cell_pixels"] == 32 // 8
+    assert [row["t"] for row in got["rows"]] == [20, 200]
+    for row in got["rows"]:
+        assert 0 <= row["auroc"] <= 1 and 0 <= row["noise_recall"] <= 1
+        assert row["anomaly_bits"] > 0 and row["healthy_bits"] > 0
+    # more noise flips more bits: fewer bits are left alone at t = 200 than at t = 20
+    kept = [row["anomaly_bits"] + row["healthy_bits"] for row in got["rows"]]
+    assert kept[1] < kept[0]
+    assert "| 200 |" in r.stdout
