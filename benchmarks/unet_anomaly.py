@@ -13,6 +13,9 @@ pixels) with cells that touch no anomaly pixel:
 - ``noise_recall``: fraction of the bits the noise did flip that have ``eps_hat > P`` (how well
   it recognises noise, which is what it was trained on).
 
+It reads a full model or a diffusion run's ``last.pt`` (its EMA weights), so it can watch a
+training run (about a minute on one CPU thread for 60 slices of a "small-f4" model):
+
     .venv/bin/python benchmarks/unet_anomaly.py napari_berdiff/weights/oct_small.pt \
         data/prep_oct128_heldout --split test --max-slices 60 --t 50 100 200 --threads 1
 """
