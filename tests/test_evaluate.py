@@ -258,18 +258,18 @@ def test_ae_psnr_benchmark_separates_the_anomalys_cost(prepared, checkpoint, tmp
     assert got["anomaly_cost_db"] == pytest.approx(np.mean(rest) - np.mean(whole), abs=1e-3)
 
 
-def _unet_anomaly():
+def _benchmark(name: str):
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "unet_anomaly.py"
-    spec = importlib.util.spec_from_file_location("unet_anomaly", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_unet_anomaly_cells_and_bits_on_a_hand_case():
-    mod = _unet_anomaly()
+    mod = _benchmark("unet_anomaly")
     lab = np.zeros((1, 4, 4), bool)
     lab[0, 0, 0:2] = True          # cell (0,0): 2 of 4 pixels -> anomaly
     lab[0, 0, 2] = True            # cell (0,1): 1 of 4 -> partial, left out
@@ -304,3 +304,43 @@ def test_unet_anomaly_benchmark_runs_as_a_user_calls_it(prepared, checkpoint, tm
     kept = [row["anomaly_bits"] + row["healthy_bits"] for row in got["rows"]]
     assert kept[1] < kept[0]
     assert "| 200 |" in r.stdout
+
+
+def test_oracle_mask_sampler_keeps_what_it_does_not_mask(checkpoint):
+    from napari_berdiff.core.checkpoint import load_checkpoint
+
+    mod = _benchmark("oracle_mask")
+    ck = load_checkpoint(checkpoint)
+    unet, schedule = ck.build_unet("cpu"), ck.build_schedule()
+    gen = torch.Generator().manual_seed(3)
+    z = torch.bernoulli(torch.full((2, 8, 8, 8), 0.5), generator=gen)
+    none = torch.zeros_like(z, dtype=torch.bool)
+    with torch.inference_mode():
+        assert torch.equal(mod.fixed_mask_sample(unet.flip_prob, z, none, schedule, 200, 10, gen), z)
+        half = none.clone()
+        half[..., :4] = True  # the left half of every latent row is resampled
+        out = mod.fixed_mask_sample(unet.flip_prob, z, half, schedule, 400, 10, gen)
+    assert torch.equal(out[..., 4:], z[..., 4:])
+    assert not torch.equal(out[..., :4], z[..., :4])
+    lab = np.zeros((1, 8, 8), bool)
+    lab[0, 0, 0] = True
+    assert mod.anomaly_cells(lab, 2, 0).sum() == 1
+    assert mod.anomaly_cells(lab, 2, 1)[0].tolist() == [  # grown by one cell, 4-connected
+        [True, True, False, False], [True, False, False, False], [False] * 4, [False] * 4]
+
+
+def test_oracle_mask_benchmark_runs_as_a_user_calls_it(prepared, checkpoint, tmp_path):
+    out = tmp_path / "o.json"
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "oracle_mask.py"), str(checkpoint),
+                        str(prepared), "--L", "100", "--steps", "5", "--threads", "1",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    test = load_eval_split(prepared, "test")
+    assert got["slices"] == int((~test.healthy).sum()) > 0
+    assert [row["method"] for row in got["rows"]] == [
+        "autoencoder only", "masked (P=0.5)", "oracle mask", "unmasked (P=0)"]
+    assert all(0 <= row["dice"] <= 1 for row in got["rows"])
+    assert 0 < got["oracle_cell_fraction"] <= 1
+    assert "| oracle mask |" in r.stdout
