@@ -16,7 +16,6 @@ near the autoencoder alone: the healing fails (try a larger L).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,12 +26,10 @@ from scipy.ndimage import binary_dilation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from napari_berdiff.core.checkpoint import load_checkpoint  # noqa: E402
-from napari_berdiff.core.evaluation_report import pick_slices  # noqa: E402
+from benchmarks.diseased_slices import cell_fraction, load_diseased, parse, parser  # noqa: E402
 from napari_berdiff.core.metrics import paper_slice_metrics  # noqa: E402
 from napari_berdiff.core.sampler import binary_posterior, masked_sampler, run_sampler  # noqa: E402
 from napari_berdiff.core.schedule import step_grid  # noqa: E402
-from src_training.datasets import load_eval_split  # noqa: E402
 
 
 def fixed_mask_sample(model, z: torch.Tensor, mask: torch.Tensor, schedule, L: int, steps: int,
@@ -50,8 +47,7 @@ def fixed_mask_sample(model, z: torch.Tensor, mask: torch.Tensor, schedule, L: i
 
 def anomaly_cells(labels: np.ndarray, factor: int, dilate: int) -> np.ndarray:
     """(B, h, w) bool: latent cells with any labelled pixel, dilated by ``dilate`` cells."""
-    b, h, w = labels.shape
-    cells = labels.reshape(b, h // factor, factor, w // factor, factor).any(axis=(2, 4))
+    cells = cell_fraction(labels, factor) > 0
     if dilate > 0:
         cells = np.stack([binary_dilation(c, iterations=dilate) for c in cells])
     return cells
@@ -59,15 +55,8 @@ def anomaly_cells(labels: np.ndarray, factor: int, dilate: int) -> np.ndarray:
 
 def measure(ckpt_path: str, data: str, split: str, max_slices: int | None, L: int, steps: int,
             P: float, dilate: int, batch: int, seed: int) -> dict:
-    ck = load_checkpoint(ckpt_path)
+    ck, s, factor = load_diseased(ckpt_path, data, split, max_slices)
     ae, unet, schedule = ck.build_autoencoder("cpu"), ck.build_unet("cpu"), ck.build_schedule()
-    s = load_eval_split(data, split)
-    diseased = np.flatnonzero(~s.healthy)
-    if diseased.size == 0:
-        raise SystemExit(f"{data} ({split}) has no diseased slices")
-    s = s.subset(diseased[pick_slices(diseased.size, max_slices)])
-    ck.check_channels(s.images.shape[1], f"{data} ({split})")
-    factor = s.images.shape[-1] // ck.ae_config.latent_size
     gen = torch.Generator().manual_seed(seed)
     methods = ("autoencoder only", f"masked (P={P:g})", "oracle mask", "unmasked (P=0)")
     scores = {m: {"dice": [], "auprc": []} for m in methods}
@@ -98,22 +87,11 @@ def measure(ckpt_path: str, data: str, split: str, max_slices: int | None, L: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="a full model (autoencoder and U-Net) or a diffusion run's last.pt")
-    ap.add_argument("data", help="a prepared dataset with labelled anomalies")
-    ap.add_argument("--split", default="test", choices=("val", "test"))
-    ap.add_argument("--max-slices", type=int, default=40, help="diseased slices, evenly spaced")
+    ap = parser(__doc__, max_slices=40, batch=8)
     ap.add_argument("--L", type=int, default=200)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--P", type=float, default=0.5)
     ap.add_argument("--dilate", type=int, default=1, help="grow the oracle mask by N latent cells")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", help="also write the figures here")
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    a = parse(ap, argv)
     res = measure(a.model, a.data, a.split, a.max_slices, a.L, a.steps, a.P, a.dilate, a.batch,
                   a.seed)
     print(f"{res['checkpoint']} on {res['slices']} diseased slices of {a.data} ({a.split}); "

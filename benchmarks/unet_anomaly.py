@@ -22,7 +22,6 @@ training run (about a minute on one CPU thread for 60 slices of a "small-f4" mod
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -32,17 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from napari_berdiff.core.checkpoint import load_checkpoint  # noqa: E402
-from napari_berdiff.core.evaluation_report import pick_slices  # noqa: E402
+from benchmarks.diseased_slices import cell_fraction, load_diseased, parse, parser  # noqa: E402
 from napari_berdiff.core.metrics import auroc  # noqa: E402
-from src_training.datasets import load_eval_split  # noqa: E402
 
 
 def cell_labels(labels: np.ndarray, factor: int) -> np.ndarray:
     """Per latent cell of a (B, H, W) pixel mask: 1 inside the anomaly (>= half the cell's pixels
     labelled), 0 healthy (no labelled pixel), -1 partial (left out)."""
-    b, h, w = labels.shape
-    frac = labels.reshape(b, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
+    frac = cell_fraction(labels, factor)
     out = np.full(frac.shape, -1, dtype=np.int8)
     out[frac >= 0.5] = 1
     out[frac == 0] = 0
@@ -62,15 +58,8 @@ def split_bits(eps: np.ndarray, z: np.ndarray, z_t: np.ndarray, cells: np.ndarra
 
 def measure(ckpt_path: str, data: str, split: str, max_slices: int | None, ts: list[int],
             P: float, batch: int, seed: int) -> dict:
-    ck = load_checkpoint(ckpt_path)
+    ck, s, factor = load_diseased(ckpt_path, data, split, max_slices)
     ae, unet, schedule = ck.build_autoencoder("cpu"), ck.build_unet("cpu"), ck.build_schedule()
-    s = load_eval_split(data, split)
-    diseased = np.flatnonzero(s.labels.reshape(len(s), -1).any(axis=1))
-    if diseased.size == 0:
-        raise SystemExit(f"{data} ({split}) has no labelled anomalies")
-    s = s.subset(diseased[pick_slices(diseased.size, max_slices)])
-    ck.check_channels(s.images.shape[1], f"{data} ({split})")
-    factor = s.images.shape[-1] // ck.ae_config.latent_size
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for t in ts:
@@ -101,20 +90,9 @@ def measure(ckpt_path: str, data: str, split: str, max_slices: int | None, ts: l
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="a full model (autoencoder and U-Net)")
-    ap.add_argument("data", help="a prepared dataset with labelled anomalies")
-    ap.add_argument("--split", default="test", choices=("val", "test"))
-    ap.add_argument("--max-slices", type=int, default=60, help="diseased slices, evenly spaced")
+    ap = parser(__doc__, max_slices=60, batch=16)
     ap.add_argument("--t", type=int, nargs="+", default=[50, 100, 200], help="noise levels")
-    ap.add_argument("--P", type=float, default=0.5, help="mask threshold")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", help="also write the figures here")
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    a = parse(ap, argv)
     res = measure(a.model, a.data, a.split, a.max_slices, a.t, a.P, a.batch, a.seed)
     print(f"{res['checkpoint']} on {res['slices']} diseased slices of {a.data} ({a.split}); "
           f"latent cell = {res['cell_pixels']}x{res['cell_pixels']} pixels; bits the noise left alone:")

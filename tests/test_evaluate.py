@@ -344,3 +344,18 @@ def test_oracle_mask_benchmark_runs_as_a_user_calls_it(prepared, checkpoint, tmp
     assert all(0 <= row["dice"] <= 1 for row in got["rows"])
     assert 0 < got["oracle_cell_fraction"] <= 1
     assert "| oracle mask |" in r.stdout
+
+
+@pytest.mark.parametrize("script", ["unet_anomaly.py", "oracle_mask.py"])
+def test_diagnosis_benchmarks_refuse_bad_input_in_one_line(script, prepared, checkpoint, tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    ae_only = tmp_path / "ae.pt"
+    from napari_berdiff.core.checkpoint import load_checkpoint
+
+    save_checkpoint(ae_only, autoencoder=load_checkpoint(checkpoint).build_autoencoder("cpu"),
+                    meta={"name": "ae-only"})
+    for args, says in (([str(checkpoint), str(tmp_path)], "not a prepared dataset"),
+                       ([str(ae_only), str(prepared)], "not a full model")):
+        r = subprocess.run([sys.executable, str(repo / "benchmarks" / script), *args],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
