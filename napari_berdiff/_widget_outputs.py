@@ -42,7 +42,8 @@ class OutputLayers:
     def __init__(self, viewer):
         self.viewer = viewer
         self.names: dict[str, str] = {}
-        self.difference_on = False
+        self.difference_on = False  # set by SideBySide while its grid is on
+        self.after_show = None  # called as f(outcome, k, src, base, channel_names) after show()
 
     # ----------------------------------------------------------------------------------
     def show(self, outcome: Outcome, k: int, src, base: str, channel_names: list[str]) -> None:
@@ -61,11 +62,7 @@ class OutputLayers:
             full = _full((Z, H, W), sl, values, dtype)
             return full[0] if two_d else full
 
-        C = outcome.reconstruction.shape[2]
-        for c in range(C):
-            self._image(self.recon_name(base, c, C, channel_names), vol(outcome.reconstruction[k, :, c]), geo,
-                        dict(meta_base, output="reconstruction", channel=c),
-                        dict(colormap="gray", contrast_limits=(0.0, 1.0)), visible=False)
+        self.reconstructions(outcome, k, src, base, channel_names)
         self._image(f"{base} anomaly map", vol(outcome.anomaly_map[k]), geo,
                     dict(meta_base, output="anomaly map"),
                     dict(colormap="inferno", blending="additive", contrast_limits=outcome.map_limits))
@@ -75,6 +72,26 @@ class OutputLayers:
         self._mask_evolution(outcome, k, src, base, meta_base, Z, two_d)
         if self.difference_on:
             self.difference(outcome, k, src, base)
+        if self.after_show is not None:
+            self.after_show(outcome, k, src, base, channel_names)
+
+    def reconstructions(self, outcome: Outcome, k: int, src, base: str, channel_names: list[str]) -> list:
+        """The reconstruction layers (one per channel) of threshold ``k``, hidden when new."""
+        two_d = src.ndim == 2
+        H, W = outcome.input.shape[-2:]
+        Z = 1 if two_d else src.data.shape[0]
+        meta_base = dict(src.metadata or {})
+        meta_base["provenance"] = dict(outcome.provenance, P_shown=outcome.thresholds[k],
+                                       P_sweep=outcome.thresholds)
+        geo = geometry_kwargs(src)
+        C = outcome.reconstruction.shape[2]
+        layers = []
+        for c in range(C):
+            full = _full((Z, H, W), outcome.slices, outcome.reconstruction[k, :, c], np.float32)
+            layers.append(self._image(self.recon_name(base, c, C, channel_names), full[0] if two_d else full,
+                                      geo, dict(meta_base, output="reconstruction", channel=c),
+                                      dict(colormap="gray", contrast_limits=(0.0, 1.0)), visible=False))
+        return layers
 
     def update_segmentation(self, outcome: Outcome, k: int, src, base: str) -> None:
         """The segmentation of threshold ``k`` arrived after the first display."""
@@ -104,7 +121,6 @@ class OutputLayers:
         meta = dict(src.metadata or {}, provenance=dict(outcome.provenance, P_shown=outcome.thresholds[k]),
                     output="difference")
         lim = float(max(np.abs(d).max(), 1e-6))
-        self.difference_on = True
         return self._image(f"{base} difference", full[0] if two_d else full, geometry_kwargs(src), meta,
                            dict(colormap="PiYG", contrast_limits=(-lim, lim)), visible=True)
 
@@ -177,27 +193,67 @@ def _grid(viewer):
 
 
 class SideBySide:
-    """Visual QA: input | reconstruction | difference in napari's grid mode, and back."""
+    """Visual QA: input | reconstruction | difference in napari's grid mode, and back.
+
+    ``show`` snapshots the viewer (layer order, every layer's visibility, the grid) *before* it
+    adds the difference layer; ``restore`` puts that snapshot back, removes the difference layers
+    it added and stops later runs from adding them. While on, every display of outputs (a re-run,
+    another swept P) updates the difference layer and lays the grid out again."""
 
     def __init__(self, viewer, outputs: OutputLayers):
         self.viewer = viewer
         self.outputs = outputs
-        self.saved = None
+        self.saved = None  # (layer order, {uid: visible}, grid (shape, enabled), uids before)
+        outputs.after_show = self._follow
 
     @property
     def active(self) -> bool:
         return self.saved is not None
 
     def show(self, outcome: Outcome, k: int, ctx) -> None:
+        """Turn the grid on (or, when already on, lay it out again for this outcome)."""
         v = self.viewer
         src = ctx.layers[0]
-        diff = self.outputs.difference(outcome, k, ctx.src, ctx.base)
+        if src not in v.layers:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"napari-berdiff: side by side needs the input layer {src.name!r}, "
+                         "which is no longer in the viewer; run the detector again")
+            return
+        if self.saved is None:
+            grid = _grid(v)
+            self.saved = (list(v.layers), {_uid(ly): ly.visible for ly in v.layers},
+                          (tuple(grid.shape), bool(grid.enabled)), {_uid(ly) for ly in v.layers})
+        self.outputs.difference_on = True
         C = outcome.reconstruction.shape[2]
-        rec = v.layers[self.outputs.recon_name(ctx.base, 0, C, ctx.channel_names)]
-        trio = [src, rec, diff]
-        self.saved = (list(v.layers), {_uid(ly): ly.visible for ly in v.layers})
-        for ly in trio:  # grid cells follow the layer list: move the three to the end, in order
-            v.layers.move(v.layers.index(ly), len(v.layers))
+        name = self.outputs.recon_name(ctx.base, 0, C, ctx.channel_names)
+        if name in v.layers:
+            rec = v.layers[name]
+        else:  # deleted by the user: put it back
+            rec = self.outputs.reconstructions(outcome, k, ctx.src, ctx.base, ctx.channel_names)[0]
+        diff = self.outputs.difference(outcome, k, ctx.src, ctx.base)
+        self._layout([src, rec, diff])
+
+    def _follow(self, outcome, k, src, base, channel_names) -> None:
+        """Outputs were shown again (re-run, P swap) while the grid is on: keep the grid on them."""
+        if not self.active:
+            return
+        v = self.viewer
+        C = outcome.reconstruction.shape[2]
+        names = [self.outputs.recon_name(base, 0, C, channel_names), f"{base} difference"]
+        layer = getattr(src, "layer", src)  # a multi-channel input's SpatialView -> its layer
+        if layer not in v.layers or any(n not in v.layers for n in names):
+            return
+        self._layout([layer] + [v.layers[n] for n in names])
+
+    def _layout(self, trio) -> None:
+        v = self.viewer
+        vis = self.saved[1]
+        for ly in v.layers:  # layers new since the snapshot: remember how they came in
+            vis.setdefault(_uid(ly), ly.visible)
+        if [_uid(ly) for ly in list(v.layers)[-3:]] != [_uid(t) for t in trio]:
+            for ly in trio:  # grid cells follow the layer list: the three at the end, in order
+                v.layers.move(v.layers.index(ly), len(v.layers))
         keep = {_uid(t) for t in trio}
         for ly in v.layers:
             ly.visible = _uid(ly) in keep
@@ -206,11 +262,26 @@ class SideBySide:
         grid.enabled = True
 
     def restore(self) -> None:
+        """Back to the viewer as it was before ``show``: the added difference layers removed,
+        every other layer's visibility and order and the grid as they were."""
+        if self.saved is None:
+            return
         v = self.viewer
-        order, vis = self.saved
+        order, vis, (shape, enabled), before = self.saved
         self.saved = None
-        _grid(v).enabled = False
+        self.outputs.difference_on = False
+        added = [ly for ly in v.layers if _uid(ly) not in before
+                 and (ly.metadata or {}).get("output") == "difference" and ly.name in self.outputs.names]
+        for ly in added:
+            v.layers.remove(ly)
+            self.outputs.names.pop(ly.name, None)
+        grid = _grid(v)
+        grid.enabled = False
+        grid.shape = shape
+        grid.enabled = enabled
         for i, ly in enumerate([ly for ly in order if ly in v.layers]):
-            v.layers.move(v.layers.index(ly), i)
+            j = v.layers.index(ly)
+            if j != i:
+                v.layers.move(j, i)
         for ly in v.layers:
             ly.visible = vis.get(_uid(ly), ly.visible)
