@@ -85,38 +85,38 @@ def test_nifti_png_and_a_corrupt_file(ck1, tmp_path):
     assert "broken.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(out.glob("broken*")) and not list(out.glob(".*"))
 
-    for name in ("anomaly", "seg", "recon"):
-        img = nib.load(str(out / f"head_{name}.nii.gz"))
+    for name in ("anomaly", "mask", "recon"):
+        img = nib.load(str(out / f"head_berdiff_{name}.nii.gz"))
         assert img.shape == (30, 34, 5)
         np.testing.assert_allclose(img.affine, AFFINE, atol=1e-5)
-    seg = np.asarray(nib.load(str(out / "head_seg.nii.gz")).dataobj)
+    seg = np.asarray(nib.load(str(out / "head_berdiff_mask.nii.gz")).dataobj)
     assert seg.dtype == np.uint8 and set(np.unique(seg)) <= {0, 1}
-    amap = nib.load(str(out / "head_anomaly.nii.gz")).get_fdata()
+    amap = nib.load(str(out / "head_berdiff_anomaly.nii.gz")).get_fdata()
     assert amap.min() >= 0 and amap.max() > 0
-    rows = list(csv.DictReader(open(out / "head_scores.csv")))
+    rows = list(csv.DictReader(open(out / "head_berdiff_scores.csv")))
     assert [int(r["slice"]) for r in rows] == list(range(5))
     assert all(0.0 <= float(r["masked_fraction"]) <= 1.0 for r in rows)
-    prov = json.loads((out / "head_provenance.json").read_text())
+    prov = json.loads((out / "head_berdiff_provenance.json").read_text())
     assert prov["input"].endswith("head.nii.gz") and prov["detector"]["L"] == 6
     assert prov["detector"]["model_hash"]
 
-    assert np.asarray(Image.open(out / "scan_seg.png")).shape == (40, 50)
-    assert np.asarray(Image.open(out / "scan_recon.png")).shape == (40, 50)
+    assert np.asarray(Image.open(out / "scan_berdiff_mask.png")).shape == (40, 50)
+    assert np.asarray(Image.open(out / "scan_berdiff_recon.png")).shape == (40, 50)
     import tifffile
 
-    a = tifffile.imread(out / "scan_anomaly.tif")
+    a = tifffile.imread(out / "scan_berdiff_anomaly.tif")
     assert a.shape == (40, 50) and a.dtype == np.float32
 
     # existing outputs are kept without --overwrite (checked before running anything)
-    before = (out / "scan_seg.png").stat().st_mtime_ns
+    before = (out / "scan_berdiff_mask.png").stat().st_mtime_ns
     proc = berdiff("detect", png, "--model", ck1, "--out", out, *FAST)
     assert proc.returncode == 2 and "already exist" in proc.stderr
-    assert (out / "scan_seg.png").stat().st_mtime_ns == before
+    assert (out / "scan_berdiff_mask.png").stat().st_mtime_ns == before
     from napari_berdiff.cli import main  # in-process: the same code, without a second start-up
 
     assert main(["detect", str(png), "--model", str(ck1), "--out", str(out), "--overwrite",
                  *map(str, FAST)]) == 0
-    assert (out / "scan_seg.png").stat().st_mtime_ns != before
+    assert (out / "scan_berdiff_mask.png").stat().st_mtime_ns != before
 
 
 def test_slices_option_and_a_brats_case(tmp_path):
@@ -130,12 +130,12 @@ def test_slices_option_and_a_brats_case(tmp_path):
     out = tmp_path / "out"
     proc = berdiff("detect", case, "--model", ck4, "--out", out, "--slices", "2:4", *FAST)
     assert proc.returncode == 0, proc.stderr
-    rec = nib.load(str(out / "BraTS20_Training_007_recon.nii.gz"))
+    rec = nib.load(str(out / "BraTS20_Training_007_berdiff_recon.nii.gz"))
     assert rec.shape == (24, 28, 6, 4)
     np.testing.assert_allclose(rec.affine, AFFINE, atol=1e-5)
     r = np.asarray(rec.dataobj)
     assert r[..., [0, 1, 4, 5], :].max() == 0 and r[..., 2:4, :].max() > 0  # only slices 2, 3
-    rows = list(csv.DictReader(open(out / "BraTS20_Training_007_scores.csv")))
+    rows = list(csv.DictReader(open(out / "BraTS20_Training_007_berdiff_scores.csv")))
     assert [int(x["slice"]) for x in rows] == [2, 3]
     # a 1-channel NIfTI is refused by the 4-channel model, by name
     one = tmp_path / "single.nii"
@@ -159,9 +159,10 @@ def test_rank_sharding_splits_the_inputs(ck1, tmp_path):
     mine = [{ln.split(" -> ")[0].rsplit("/", 1)[-1] for ln in r.stdout.splitlines() if " -> " in ln}
             for r in results]
     assert mine == [{"img0.png", "img2.png"}, {"img1.png"}]
-    assert sorted(p.name for p in out.glob("*_seg.png")) == [f"img{i}_seg.png" for i in range(3)]
+    assert sorted(p.name for p in out.glob("*_berdiff_mask.png")) == [
+        f"img{i}_berdiff_mask.png" for i in range(3)]
     for i in range(3):
-        prov = json.loads((out / f"img{i}_provenance.json").read_text())
+        prov = json.loads((out / f"img{i}_berdiff_provenance.json").read_text())
         assert (prov["rank"], prov["world_size"]) == (i % 2, 2)
 
 
@@ -179,8 +180,8 @@ def test_speed_options_batch_size_and_empty_slices(ck1, tmp_path):
         out = tmp_path / name
         assert main(["detect", str(src), "--model", str(ck1), "--out", str(out),
                      *map(str, FAST), *opts]) == 0
-        maps[name] = nib.load(str(out / "vol_anomaly.nii.gz")).get_fdata()
-        prov = json.loads((out / "vol_provenance.json").read_text())["detector"]
+        maps[name] = nib.load(str(out / "vol_berdiff_anomaly.nii.gz")).get_fdata()
+        prov = json.loads((out / "vol_berdiff_provenance.json").read_text())["detector"]
         assert prov["skipped_slices"] == [0] and prov["amp"] in ("auto", "off")
         assert prov["batch"]["source"] == ("auto" if name == "auto" else "user")
     assert prov["batch"]["slices_per_call"] == 1 and prov["batch"]["calls"] == 5
@@ -210,7 +211,7 @@ def test_discover_inputs_names_and_kinds(tmp_path):
     # a folder's files come before its subfolders; a/x.png given twice runs once
     assert kinds == [("image", "x"), ("image", "x_2"), ("brats_case", "case1"),
                      ("invalid", "missing"), ("invalid", "notes")]
-    assert output_paths(items[2], tmp_path)["seg"].name == "case1_seg.nii.gz"
+    assert output_paths(items[2], tmp_path)["seg"].name == "case1_berdiff_mask.nii.gz"
     assert shard(list(range(7)), 1, 3) == [1, 4]
     assert parse_slices("80:83", 155) == [80, 81, 82] and parse_slices("-1", 5) == [4]
     assert parse_slices(None, 5) is None

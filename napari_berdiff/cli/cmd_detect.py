@@ -2,14 +2,14 @@
 
 Inputs: BraTS case folders (4-channel models), NIfTI volumes (3D for 1-channel models, 4D with
 channels last), 2D images (OCT; 1-channel models), or folders holding any of these (searched
-recursively). Outputs per input (see :mod:`napari_berdiff.core.batch_io`): anomaly map,
-segmentation and reconstruction (NIfTI with the source affine, or TIFF/PNG for 2D images), a
-per-slice scores CSV and a provenance JSON.
+recursively). Outputs per input (see :mod:`napari_berdiff.core.batch_io`), named
+``<stem>_berdiff_<kind>``: anomaly map, segmentation mask and reconstruction (NIfTI with the source
+affine, or TIFF/PNG for 2D images), a per-slice scores CSV and a provenance JSON.
 
 Safety: existing outputs are never replaced without ``--overwrite`` (checked for every input before
-any work starts); files are written under temporary names and renamed when complete, so Ctrl-C
-leaves no partial output. A failing input is reported on stderr by name and the others still run;
-the exit status is 1 when any input failed.
+any work starts), and an input file never, not even with it; files are written under temporary
+names and renamed when complete, so Ctrl-C leaves no partial output. A failing input is reported on
+stderr by name and the others still run; the exit status is 1 when any input failed.
 
 Several processes: under ``torchrun --nproc_per_node=N berdiff detect ...`` (or with ``RANK`` and
 ``WORLD_SIZE`` set by hand) process ``RANK`` takes inputs ``[RANK::WORLD_SIZE]`` of the sorted input
@@ -59,12 +59,14 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..core.batch_detect import DetectSettings, run_item
-    from ..core.batch_io import check_outputs, discover_inputs, output_paths, shard
+    from ..core.batch_io import (check_inputs_kept, check_outputs, discover_inputs, output_paths,
+                                 shard)
     from . import CLIError
 
     items = discover_inputs(args.inputs)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     mine = shard(items, rank, world)
+    check_inputs_kept(items, args.out)
     check_outputs([p for it in mine if it.kind != "invalid"
                    for p in output_paths(it, args.out).values()], args.overwrite)
     if args.steps is not None and not 1 <= args.steps <= args.L:
@@ -97,7 +99,7 @@ def run(args) -> int:
         finally:
             bar.close()
         ok += 1
-        print(f"{tag}{it.path} -> {summary['name']}_* ({summary['slices']} slice(s), "
+        print(f"{tag}{it.path} -> {summary['name']}_berdiff_* ({summary['slices']} slice(s), "
               f"{summary['seg_pixels']} segmented pixels)")
     print(f"{tag}{ok} input(s) done, {len(failed)} failed; outputs in {args.out}")
     if failed:

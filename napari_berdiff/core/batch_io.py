@@ -3,22 +3,27 @@ writing outputs atomically.
 
 Inputs (:func:`discover_inputs`): BraTS case folders (``*_flair.nii.gz`` etc.), NIfTI files
 (``.nii``/``.nii.gz``) and 2D images (PNG, JPEG, TIFF, BMP), given directly or found recursively in
-folders (a BraTS case folder is one input; its files are not listed separately). Every input gets
-a unique output stem (the case folder name or the file name without extension; ``_2``, ``_3``...
-on clashes, in sorted input order so that parallel processes agree).
+folders (a BraTS case folder is one input; its files are not listed separately).
 
-Outputs per input (:func:`output_paths`): volumes -> ``<stem>_anomaly.nii.gz`` (float32),
-``<stem>_seg.nii.gz`` (uint8), ``<stem>_recon.nii.gz`` (float32, channels last for several
-channels), all with the source affine; 2D images -> ``<stem>_anomaly.tif`` (float32),
-``<stem>_seg.png`` (0/255) and ``<stem>_recon.png`` (8-bit); always ``<stem>_scores.csv`` (one
-row per slice) and ``<stem>_provenance.json``. :class:`AtomicFiles` writes each file under a
-hidden temporary name and renames them all at the end; on any error or Ctrl-C the temporary
-files are removed, so no partial output is left under a final name.
+Every input gets a unique output stem (the case folder name or the file name without extension;
+``_2``, ``_3``... on clashes, in sorted input order so that parallel processes agree).
+
+Outputs per input (:func:`output_paths`), all named ``<stem>_berdiff_<kind>`` so that they can
+never be taken for BraTS modalities or labels (``*_seg.nii.gz``) or for inputs of a later run:
+volumes -> ``<stem>_berdiff_anomaly.nii.gz`` (float32), ``<stem>_berdiff_mask.nii.gz`` (uint8
+segmentation), ``<stem>_berdiff_recon.nii.gz`` (float32, channels last for several channels), all
+with the source affine; 2D images -> ``<stem>_berdiff_anomaly.tif`` (float32),
+``<stem>_berdiff_mask.png`` (0/255) and ``<stem>_berdiff_recon.png`` (8-bit); always
+``<stem>_berdiff_scores.csv`` (one row per slice) and ``<stem>_berdiff_provenance.json``.
+:func:`check_inputs_kept` refuses outputs that would land on an input file. :class:`AtomicFiles`
+writes each file under a hidden temporary name and renames them all at the end; on any error or
+Ctrl-C the temporary files are removed, so no partial output is left under a final name.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +32,20 @@ from typing import Iterable, Sequence
 from .data.readers import NIFTI_EXTENSIONS, is_image, is_nifti
 from .atomic import atomic_write_text, publish_mode  # noqa: F401 (atomic_write_text: re-exported)
 
-__all__ = ["InputItem", "discover_inputs", "output_paths", "check_outputs", "AtomicFiles",
-           "atomic_write_text", "shard", "parse_slices", "strip_extension"]
+__all__ = ["InputItem", "discover_inputs", "output_paths", "check_outputs", "check_inputs_kept",
+           "is_own_output", "AtomicFiles", "atomic_write_text", "shard", "parse_slices",
+           "strip_extension", "OUTPUT_TAG"]
 
 _CASE_SUFFIXES = tuple(f"_{m}{e}" for m in ("flair", "t1", "t1ce", "t2") for e in NIFTI_EXTENSIONS)
+
+OUTPUT_TAG = "_berdiff_"
+# kind -> file ending, for volumes and for 2D images ("seg" is the segmentation; its file says
+# "mask": BraTS readers take any "*_seg.nii*", and even any NIfTI containing "seg", for a label)
+_VOLUME_OUTPUTS = {"anomaly": "anomaly.nii.gz", "seg": "mask.nii.gz", "recon": "recon.nii.gz"}
+_IMAGE_OUTPUTS = {"anomaly": "anomaly.tif", "seg": "mask.png", "recon": "recon.png"}
+_TABLE_OUTPUTS = {"scores": "scores.csv", "provenance": "provenance.json"}
+_OWN_OUTPUT_RE = re.compile(r".+_berdiff_(anomaly|mask|recon|scores|provenance)"
+                            r"\.(nii\.gz|nii|tiff?|png|csv|json)$", re.IGNORECASE)
 
 
 @dataclass
@@ -53,6 +68,11 @@ def strip_extension(name: str) -> str:
         if low.endswith(ext):
             return name[: -len(ext)]
     return Path(name).stem
+
+
+def is_own_output(path: str | Path) -> bool:
+    """Whether the file name is one ``berdiff detect`` gives outputs (``*_berdiff_<kind>.*``)."""
+    return _OWN_OUTPUT_RE.match(Path(path).name) is not None
 
 
 def _is_case_folder(d: Path) -> bool:
@@ -120,14 +140,10 @@ def discover_inputs(paths: Sequence[str | Path]) -> list[InputItem]:
 
 
 def output_paths(item: InputItem, out_dir: str | Path) -> dict[str, Path]:
-    """The files :func:`napari_berdiff.cli.cmd_detect` writes for ``item``."""
-    out = Path(out_dir)
-    if item.is_2d:
-        names = {"anomaly": "_anomaly.tif", "seg": "_seg.png", "recon": "_recon.png"}
-    else:
-        names = {"anomaly": "_anomaly.nii.gz", "seg": "_seg.nii.gz", "recon": "_recon.nii.gz"}
-    names |= {"scores": "_scores.csv", "provenance": "_provenance.json"}
-    return {k: out / f"{item.name}{v}" for k, v in names.items()}
+    """The files :func:`napari_berdiff.cli.cmd_detect` writes for ``item``: kind -> path
+    (``anomaly``, ``seg``, ``recon``, ``scores``, ``provenance``)."""
+    names = (_IMAGE_OUTPUTS if item.is_2d else _VOLUME_OUTPUTS) | _TABLE_OUTPUTS
+    return {k: Path(out_dir) / f"{item.name}{OUTPUT_TAG}{v}" for k, v in names.items()}
 
 
 def check_outputs(paths: Iterable[Path], overwrite: bool) -> None:
@@ -139,6 +155,39 @@ def check_outputs(paths: Iterable[Path], overwrite: bool) -> None:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
         raise FileExistsError(f"output(s) already exist: {', '.join(map(str, existing[:3]))}{more}; "
                               "pass --overwrite to replace them")
+
+
+def check_inputs_kept(items: Sequence[InputItem], out_dir: str | Path) -> None:
+    """Raise ValueError when an output of ``items`` is (a link to) one of their input files: no
+    input is ever replaced, not even with ``--overwrite``. The files of a BraTS case folder
+    (other than detect outputs) all count as inputs."""
+    ids: dict[tuple[int, int], Path] = {}
+    for it in items:
+        if it.kind == "invalid":
+            continue
+        try:
+            files = ([f for f in it.path.iterdir() if not is_own_output(f)]
+                     if it.kind == "brats_case" else [it.path])
+        except OSError:
+            continue
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            ids[(st.st_dev, st.st_ino)] = f
+    for it in items:
+        if it.kind == "invalid":
+            continue
+        for p in output_paths(it, out_dir).values():
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            hit = ids.get((st.st_dev, st.st_ino))
+            if hit is not None:
+                raise ValueError(f"the output {p} would replace the input {hit}; "
+                                 "choose another --out")
 
 
 def _suffix(path: Path) -> str:

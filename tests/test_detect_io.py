@@ -1,0 +1,110 @@
+"""``berdiff detect``: output names that never look like BraTS files, and no input ever
+replaced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_berdiff.cli import main
+from napari_berdiff.core import batch_io
+from napari_berdiff.core.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.batch_io import (InputItem, check_inputs_kept, is_own_output,
+                                          output_paths)
+from napari_berdiff.core.checkpoint import save_checkpoint
+from napari_berdiff.core.configs import get_preset
+from napari_berdiff.core.data.readers import BRATS_MODALITIES, find_brats_case
+from napari_berdiff.core.unet import BernoulliUNet
+from test_detect_cli import AFFINE, make_checkpoint, write_png
+
+FAST = ["--L", "6", "--steps", "3", "--device", "cpu", "--no-progress", "--threads", "1"]
+OUT_2D = ["anomaly.tif", "mask.png", "provenance.json", "recon.png", "scores.csv"]
+
+
+@pytest.fixture(scope="module")
+def ck1(tmp_path_factory):
+    """A tiny 1-channel model trained (so its meta says) for L <= 8."""
+    torch.manual_seed(0)
+    ae_cfg, unet_cfg = get_preset("tiny", 1)
+    path = tmp_path_factory.mktemp("ck") / "c1.pt"
+    return save_checkpoint(path, autoencoder=BinaryAutoencoder(ae_cfg),
+                           unet=BernoulliUNet(unet_cfg),
+                           meta={"preprocess": {"mode": "resize"}, "max_L": 8})
+
+
+def detect(capsys, *args) -> tuple[int, str, str]:
+    rc = main(["detect", *map(str, args), *FAST])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def brats_case(folder: Path, name: str, seg: bool = True) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for mod in BRATS_MODALITIES:
+        nib.save(nib.Nifti1Image(rng.integers(0, 500, (16, 16, 3)).astype(np.int16), AFFINE),
+                 str(folder / f"{name}_{mod}.nii.gz"))
+    if seg:
+        label = rng.choice(np.array([0, 1, 2, 4], np.uint8), (16, 16, 3))
+        nib.save(nib.Nifti1Image(label, AFFINE), str(folder / f"{name}_seg.nii.gz"))
+    return folder
+
+
+# ----------------------------------------------------------------------------- 1: names
+def test_output_names_never_look_like_brats_files():
+    img, vol = InputItem(Path("x.png"), "image", "p/x"), InputItem(Path("c"), "brats_case", "c")
+    assert {k: p.as_posix() for k, p in output_paths(img, "o").items()} == {
+        "anomaly": "o/p/x_berdiff_anomaly.tif", "seg": "o/p/x_berdiff_mask.png",
+        "recon": "o/p/x_berdiff_recon.png", "scores": "o/p/x_berdiff_scores.csv",
+        "provenance": "o/p/x_berdiff_provenance.json"}
+    names = [p.name for p in output_paths(vol, "o").values()]
+    assert names == ["c_berdiff_anomaly.nii.gz", "c_berdiff_mask.nii.gz",
+                     "c_berdiff_recon.nii.gz", "c_berdiff_scores.csv", "c_berdiff_provenance.json"]
+    for n in names:  # no BraTS modality/label ending, no "seg" (BraTS readers' label fallback)
+        assert "seg" not in n.lower() and not n.lower().endswith(batch_io._CASE_SUFFIXES)
+        assert is_own_output(n)
+    assert not is_own_output("BraTS2021_00000_seg.nii.gz") and not is_own_output("x_mask.png")
+
+
+def test_out_in_a_brats_case_folder_keeps_its_label(tmp_path, capsys):
+    ck4 = make_checkpoint(tmp_path / "c4.pt", 4, "pad")
+    case = brats_case(tmp_path / "BraTS2021_00000", "BraTS2021_00000")
+    label = case / "BraTS2021_00000_seg.nii.gz"
+    before = label.read_bytes()
+    for _ in range(2):  # the second run replaces only its own outputs
+        rc = main(["detect", str(case), "--model", str(ck4), "--out", str(case), "--overwrite",
+                   *FAST])
+        assert rc == 0, capsys.readouterr().err
+    assert label.read_bytes() == before
+    assert sorted(p.name for p in case.glob("*_berdiff_*")) == [
+        f"BraTS2021_00000_berdiff_{e}" for e in ("anomaly.nii.gz", "mask.nii.gz",
+                                                 "provenance.json", "recon.nii.gz", "scores.csv")]
+    assert find_brats_case(case)["seg"] == label  # the case still loads, with its own label
+    # a case without a label does not take our mask for one
+    bare = brats_case(tmp_path / "bare" / "Case2", "Case2", seg=False)
+    assert main(["detect", str(bare), "--model", str(ck4), "--out", str(bare), *FAST]) == 0
+    assert "seg" not in find_brats_case(bare)
+
+
+def test_an_output_on_an_input_file_is_refused_even_with_overwrite(ck1, tmp_path, capsys):
+    src = write_png(tmp_path / "x.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x_berdiff_recon.png").symlink_to(src)  # the output path leads to the input
+    before = src.read_bytes()
+    rc, _, err = detect(capsys, src, "--model", ck1, "--out", out, "--overwrite")
+    assert rc == 2 and err.count("\n") == 1
+    assert "would replace the input" in err and "x.png" in err
+    assert src.read_bytes() == before and (out / "x_berdiff_recon.png").is_symlink()
+    item = InputItem(tmp_path / "v_berdiff_recon.nii.gz", "nifti", "v")  # given by hand
+    item.path.write_bytes(b"data")
+    with pytest.raises(ValueError, match="would replace the input"):
+        check_inputs_kept([item], tmp_path)
