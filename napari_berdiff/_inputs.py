@@ -56,6 +56,11 @@ def multichannel_layers(viewer, n_channels: int) -> list:
     return out
 
 
+def title_of(modality: str) -> str:
+    """``"t1ce"`` -> ``"T1ce"``, ``"oct"`` -> ``"OCT"``; other names as they are."""
+    return _TITLES.get(str(modality).lower(), str(modality))
+
+
 def channel_titles(channel_names: list[str] | None, n: int) -> str:
     """``"4 channels (FLAIR, T1, T1ce, T2)"`` for messages."""
     names = [_TITLES.get(str(c).lower(), str(c)) for c in (channel_names or [])]
@@ -201,8 +206,14 @@ def _group(layer) -> str:
     return m.group(1) if m else layer.name
 
 
-def auto_pick(layers: list, channel_names: list[str] | None, n_channels: int, active=None) -> list | None:
-    """Layers for the model's channels in order, or None when no full match exists."""
+def auto_pick(layers: list, channel_names: list[str] | None, n_channels: int, active=None,
+              partial: bool = False) -> list | None:
+    """Layers for the model's channels in order, or None when no full match exists.
+
+    ``active`` (the layer the user just opened or selected) decides between several cases: the
+    case it belongs to wins, else the last complete one. With ``partial``, a case with only some
+    of the model's modalities (a lone FLAIR file) fills those slots and leaves None in the others.
+    """
     if n_channels == 1:
         if active is not None and active in layers:
             return [active]
@@ -218,13 +229,15 @@ def auto_pick(layers: list, channel_names: list[str] | None, n_channels: int, ac
         if mod in names:
             groups.setdefault(_group(ly), {}).setdefault(mod, ly)
     full = [g for g in groups.values() if len(g) == n_channels]
-    if not full:
-        return by_source
-    if active is not None:
-        for g in full:
-            if active in g.values():
-                return [g[n] for n in names]
-    return [full[-1][n] for n in names]
+    mine = [g for g in groups.values() if active is not None and active in g.values()]
+    if mine and (len(mine[0]) == n_channels or partial):
+        return [mine[0].get(n) for n in names]
+    if full:
+        return [full[-1][n] for n in names]
+    if by_source is None and partial and groups:
+        best = max(groups.values(), key=len)  # the first of the fullest cases
+        return [best.get(n) for n in names]
+    return by_source
 
 
 def _channel_groups(layers: list, n_channels: int) -> list | None:
@@ -259,7 +272,7 @@ def build_volume(layers: list, channel_axis: int | None = None) -> np.ndarray:
     if channel_axis is not None:
         ly = layers[0]
         a = np.asarray(ly.data)
-        if not np.issubdtype(a.dtype, np.number):
+        if not _numeric(a):
             raise InputError(f"{ly.name} is not a numeric image")
         a = np.moveaxis(a, channel_axis, 0)
         if a.ndim not in (3, 4):
@@ -275,19 +288,28 @@ def build_volume(layers: list, channel_axis: int | None = None) -> np.ndarray:
         a = np.asarray(ly.data)
         if a.ndim not in (2, 3):
             raise InputError(f"{ly.name} is {a.ndim}D; the widget takes 2D images or 3D stacks")
-        if not np.issubdtype(a.dtype, np.number):
+        if not _numeric(a):
             raise InputError(f"{ly.name} is not a numeric image")
         arrs.append(a[None] if a.ndim == 2 else a)
     return np.stack(arrs).astype(np.float32, copy=False)
 
 
-def fit_note(checkpoint, hw: tuple[int, int]) -> str | None:
+def _numeric(a: np.ndarray) -> bool:
+    """Numbers or booleans (a mask used as an image counts as 0/1)."""
+    return np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_
+
+
+def fit_note(checkpoint, hw: tuple[int, int], spacing=None) -> str | None:
     """What the model's input geometry does to ``(H, W)`` slices, when it matters: borders cropped
     by a fixed canvas, or a rescaling by more than 2x either way (None when the fit is plain)."""
     H, W = int(hw[0]), int(hw[1])
     size = int(checkpoint.ae_config.image_size)
+    from .core.detector import canvas_for
+
     pre = (checkpoint.meta or {}).get("preprocess") or {}
-    mode, canvas = pre.get("mode", "pad"), pre.get("canvas")
+    mode, canvas = pre.get("mode", "pad"), canvas_for(checkpoint.meta, size, spacing)
+    if canvas is not None and not np.isscalar(canvas):
+        canvas = max(canvas)  # an anisotropic field of view: judge by its longer side
     if mode == "resize":
         factor = min(size / H, size / W), max(size / H, size / W)
         side = f"{H}x{W}"
@@ -328,6 +350,7 @@ def parse_sweep(text: str) -> list[float]:
             a, b, s = (float(v) for v in text.split(":"))
             if s <= 0:
                 raise ValueError
+            a, b = min(a, b), max(a, b)  # 0.9:0.1:0.1 is the same sweep as 0.1:0.9:0.1
             vals = list(np.arange(a, b + s / 2, s))
         else:
             vals = [float(v) for v in re.split(r"[,\s;]+", text) if v]
@@ -355,6 +378,8 @@ def model_source(choice: str, file_value) -> tuple[Path | None, str]:
     p = Path(str(file_value)) if file_value else None
     if p is None or str(file_value) in ("", "."):
         return None, "Choose a checkpoint file (.pt) with the file button."
+    if p.is_dir():
+        return None, f"{p} is a folder: choose the checkpoint file (.pt) in it"
     if not p.is_file():
         return None, f"Checkpoint file not found: {p}"
     return p, p.name

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ._inputs import (InputError, base_name, build_volume, channel_titles, current_slice,
@@ -56,14 +56,18 @@ class BerdiffWidget(ModelInputs, QWidget):
         scroll = QScrollArea()  # the controls stay usable when the dock is short
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # combo boxes are elided and info texts wrap, so the settings fit the dock's width; a
+        # horizontal scroll bar appears only if something still does not (never a cut-off control)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         scroll.setWidget(self.c.container.native)
         hint = self.c.container.native.sizeHint()
+        footer = self.c.footer.native
         self.setMinimumSize(hint.width() + scroll.verticalScrollBar().sizeHint().width() + 4,
-                            min(hint.height() + 8, 560))
+                            min(hint.height() + footer.sizeHint().height() + 8, 560))
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(scroll)
+        lay.addWidget(footer)  # Run, Cancel and the status line: always in sight
         self.outputs = OutputLayers(napari_viewer)
         self.checkpoint = None
         self._ck_path = None
@@ -72,6 +76,7 @@ class BerdiffWidget(ModelInputs, QWidget):
         self._user_inputs = False
         self._user_model = False
         self._setting = False
+        self._input_error = False  # the status line shows why Run could not start
         self._detector = (None, None)  # (key, Detector)
         self._normalized = (None, None)  # (key, array)
         self.worker = None
@@ -159,6 +164,9 @@ class BerdiffWidget(ModelInputs, QWidget):
         fits = self.check_inputs()
         self.c.run.enabled = self.checkpoint is not None and fits
         self.c.cancel.enabled = running
+        if fits and self._input_error and not running:
+            self._input_error = False
+            self._message("ready")
 
     def _invalidate(self):
         """Drop the displayed run's sweep (another model or input): the P slider no longer swaps."""
@@ -187,7 +195,8 @@ class BerdiffWidget(ModelInputs, QWidget):
         P = round(float(self.c.P.value), 4)
         sweep = parse_sweep(self.c.sweep.value) if self.c.sweep_on.value else []
         thresholds = sorted(set(sweep) | {P})
-        norm_key = tuple((_uid(ly), id(ly.data), tuple(ly.data.shape)) for ly in layers) + (channel_axis,)
+        norm_key = tuple((_uid(ly), id(ly.data), tuple(ly.data.shape)) for ly in layers) + (
+            channel_axis, self.checkpoint.sha256)  # the normalisation follows the model
         normalized = self._normalized[1] if self._normalized[0] == norm_key else None
         volume = None if normalized is not None else build_volume(layers, channel_axis)
         C = len(layers) if channel_axis is None else layers[0].data.shape[channel_axis]
@@ -197,6 +206,7 @@ class BerdiffWidget(ModelInputs, QWidget):
         det_key = (self.checkpoint.sha256, self.c.device.value)
         slice_map = SliceMap.for_layer(src.metadata, Z) if src.ndim == 3 else SliceMap()
         job = Job(volume=volume, slices=slices, slice_map=slice_map, checkpoint=self.checkpoint,
+                  spacing=self.pixel_spacing(src),
                   device=self.c.device.value, L=L, thresholds=thresholds,
                   steps=min(int(self.c.steps.value), L), seed=int(self.c.seed.value), P_first=P,
                   detector=self._detector[1] if self._detector[0] == det_key else None,
@@ -215,7 +225,9 @@ class BerdiffWidget(ModelInputs, QWidget):
             job, ctx = self.make_job()
         except InputError as err:
             self._message(str(err), "error")
+            self._input_error = True  # cleared once the inputs fit
             return None
+        self._input_error = False
         self._stop_worker()
         self._gen += 1
         gen = self._gen
@@ -253,6 +265,8 @@ class BerdiffWidget(ModelInputs, QWidget):
             self._update_buttons()
 
     def _on_yield(self, gen, ctx, item):
+        if self._gone():
+            return
         if isinstance(item, Ready):
             if gen == self._gen:
                 self._on_ready(ctx, item.outcome)
@@ -271,6 +285,8 @@ class BerdiffWidget(ModelInputs, QWidget):
         if tick.total and 0 < tick.done < tick.total and now - self._last_ui < UI_INTERVAL_S:
             return  # fast models tick every few ms: refresh the progress twice a second
         self._last_ui = now
+        if gen == self._gen and tick.total and tick.done:
+            self._t_first.setdefault(gen, (tick.elapsed, tick.done))  # before events are processed
         pbar = self._pbars.get(gen)
         if pbar is not None and tick.total:
             if pbar.total != tick.total:
@@ -279,12 +295,15 @@ class BerdiffWidget(ModelInputs, QWidget):
         if gen != self._gen or gen in self._ended:
             return
         if tick.total and tick.done:
+            # the rate from the first tick shown on (it excludes loading and encoding); no ETA
+            # until a second tick gives one
             t0, d0 = self._t_first.setdefault(gen, (tick.elapsed, tick.done))
-            rate = (tick.elapsed - t0) / max(tick.done - d0, 1)
-            eta = rate * (tick.total - tick.done)
+            eta = ""
+            if tick.done > d0 and tick.elapsed > t0:
+                rate = (tick.elapsed - t0) / (tick.done - d0)
+                eta = f", ETA {rate * (tick.total - tick.done):.1f} s"
             extra = f", masked {tick.masked:.1%}" if tick.masked == tick.masked else ""
-            self._message(f"{tick.stage}: {tick.done}/{tick.total}, {tick.elapsed:.1f} s, "
-                          f"ETA {eta:.1f} s{extra}")
+            self._message(f"{tick.stage}: {tick.done}/{tick.total}, {tick.elapsed:.1f} s{eta}{extra}")
         else:
             self._message(f"{tick.stage} ({tick.elapsed:.1f} s)")
 
@@ -307,6 +326,8 @@ class BerdiffWidget(ModelInputs, QWidget):
             self.c.set_info(self.c.device_info, f"ran on {prov['device']}")
 
     def _on_returned(self, gen, seconds):
+        if self._gone():
+            return
         self._ended.add(gen)
         if gen != self._gen or self.outcome is None:
             return
@@ -315,6 +336,8 @@ class BerdiffWidget(ModelInputs, QWidget):
                       f"{len(out.thresholds)} P (L={prov['L']}, S={prov['steps']}, seed {prov['seed']})")
 
     def _on_error(self, gen, err):
+        if self._gone():
+            return
         if gen != self._gen:
             return
         self._message(_explain(err), "error")
@@ -323,13 +346,17 @@ class BerdiffWidget(ModelInputs, QWidget):
         self._ended.add(gen)
         pbar = self._pbars.pop(gen, None)
         if pbar is not None:
-            pbar.close()
+            try:
+                pbar.close()
+            except RuntimeError:  # its Qt side went with the viewer
+                pass
         self._t_first.pop(gen, None)
         if self.worker is worker:
             self.worker = None
         if worker in self._alive:
             self._alive.remove(worker)
-        self._update_buttons()
+        if not self._gone():
+            self._update_buttons()
 
     def is_busy(self) -> bool:
         """True while any run (also a cancelled one winding down) is still on its thread."""
@@ -367,9 +394,9 @@ class BerdiffWidget(ModelInputs, QWidget):
         if self.side_by_side.active:
             self.side_by_side.restore()
         elif self.outcome is None:
-            self._message("run the detector first", "warning")
+            self._message("side by side: run the detector first", "warning")
         else:
-            k = self.outcome.index_of(round(float(self.c.P.value), 4)) or 0
+            k = self._shown if self._shown is not None else 0  # the threshold on screen
             self.side_by_side.show(self.outcome, k, self.context)
 
     def _message(self, text: str, level: str = "info"):
@@ -382,6 +409,47 @@ class BerdiffWidget(ModelInputs, QWidget):
     def closeEvent(self, event):  # noqa: N802 (Qt)
         self._stop_worker()
         super().closeEvent(event)
+
+    # -- leaving the viewer ----------------------------------------------------------------
+    def event(self, ev):  # noqa: D102 (Qt)
+        # napari's close button on the dock takes the widget out of it (setParent(None)) without
+        # a closeEvent: that ends the run in flight and removes the masked-fraction dock
+        if ev.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif getattr(self, "_docked", False):
+                self._docked = False
+                self._on_removed()
+        return super().event(ev)
+
+    def _on_removed(self):
+        """The widget left the viewer: stop the run (nothing of it lands) and the plot dock."""
+        self._debounce.stop()
+        self._quiet_stop()
+        plot, self.plot = self.plot, None
+        window = getattr(self.viewer, "window", None)
+        if plot is not None and window is not None:
+            try:
+                window.remove_dock_widget(plot)
+            except (LookupError, RuntimeError, AttributeError):
+                pass  # already gone with the viewer
+
+    def _quiet_stop(self):
+        """Stop the run in flight without touching the controls (they may be deleted)."""
+        if self.worker is not None:
+            self._gen += 1
+            self.worker.quit()
+            self.worker = None
+
+    def _gone(self) -> bool:
+        """Whether Qt deleted the controls (the viewer was closed during a run); the run in
+        flight is then stopped and its late results dropped."""
+        try:
+            self.c.status.native.objectName()
+        except RuntimeError:
+            self._quiet_stop()
+            return True
+        return False
 
 
 def _explain(err: BaseException) -> str:

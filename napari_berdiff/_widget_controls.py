@@ -26,6 +26,19 @@ def plugin_defaults() -> dict:
     return {k: getattr(widget, k) for k in keys if hasattr(widget, k)}
 
 
+COMBO_CHARS = 18  # a combo box is this many characters wide; longer layer names are elided
+
+
+def elide_combo(combo: ComboBox) -> None:
+    """Keep a combo box at a fixed text width however long its items (BraTS layer names are
+    long): the dock stays narrow and no control is pushed out of sight."""
+    from qtpy.QtWidgets import QComboBox
+
+    native = combo.native
+    native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    native.setMinimumContentsLength(COMBO_CHARS)
+
+
 class Controls:
     """All input widgets of :class:`~napari_berdiff._widget.BerdiffWidget`, grouped."""
 
@@ -59,17 +72,24 @@ class Controls:
         self.run = PushButton(text="Run")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.status = Label(label="", value="")
-        self.grid = PushButton(text="Side by side: input | reconstruction | difference")
+        self.grid = PushButton(text="Side by side",
+                               tooltip="napari's grid view: input | reconstruction | difference "
+                                       "(first channel); press again to undo")
         buttons = Container(widgets=[self.run, self.cancel], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
+        # the settings scroll; Run, Cancel and the status line stay pinned below them (the
+        # masked-fraction dock that opens at the first run takes half of a short dock)
         self.container = Container(widgets=[
             self.model_choice, self.model_file, self.model_info, self.multi, self.inputs,
             self.input_info, self.L, self.P,
             self.steps, self.seed, self.sweep_on, self.sweep, self.device, self.device_info,
-            self.scope, self.range_from, self.range_to, self.live, buttons, self.status, self.grid,
+            self.scope, self.range_from, self.range_to, self.live, self.grid,
         ], labels=True)
+        self.footer = Container(widgets=[buttons, self.status], labels=False)
         for lab in (self.model_info, self.input_info, self.device_info, self.status):
             lab.native.setWordWrap(True)
+        for combo in (self.model_choice, self.multi, self.device, self.scope):
+            elide_combo(combo)
 
     def apply_defaults(self, d: dict) -> None:
         """Start from the user's preferences (see :func:`plugin_defaults`); call before the

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from ._inputs import (BUNDLED_CHANNELS, BUNDLED_CHOICES, FILE_CHOICE, InputError, auto_pick,
                       find_channel_axis, fit_note, image_layers, modality_of, model_source,
-                      multichannel_layers, view_of)
+                      multichannel_layers, title_of, view_of)
 from ._reader import MODALITY_TITLES
+from ._widget_controls import elide_combo
 
 
 class ModelInputs:
@@ -30,8 +31,13 @@ class ModelInputs:
         """Pick the bundled model that fits the layers (OCT vs BraTS) unless the user chose one."""
         if self._user_model:
             return
-        mods = {modality_of(ly) for ly in image_layers(self.viewer)}
-        want = "bundled OCT model" if "oct" in mods and not mods & {"flair", "t1", "t1ce", "t2"} else "bundled BraTS model"
+        layers = [ly for ly in image_layers(self.viewer) if not self._is_output(ly)]
+        mods = {modality_of(ly) for ly in layers}
+        brain = mods & {"flair", "t1", "t1ce", "t2"} or any(
+            len(ly.data.shape) == 4 for ly in multichannel_layers(self.viewer, 4))
+        # a B-scan, or any plain 2D grayscale image: the one-channel model is the one that can run
+        oct_like = "oct" in mods or (layers and all(ly.ndim == 2 for ly in layers))
+        want = "bundled OCT model" if oct_like and not brain else "bundled BraTS model"
         if self.c.model_choice.value != want:
             self._setting = True
             try:
@@ -56,6 +62,9 @@ class ModelInputs:
         from .core.checkpoint import CheckpointError, load_checkpoint
 
         path, msg = model_source(self.c.model_choice.value, self.c.model_file.value)
+        if path != self._ck_path and self.worker is not None:
+            self._stop_worker()  # its outputs would belong to the model no longer shown
+            self._message("cancelled: the model changed", "warning")
         if path is None:
             self.checkpoint, self._ck_path = None, None
             choice = self.c.model_choice.value
@@ -85,8 +94,8 @@ class ModelInputs:
         max_L = int(ck.meta.get("max_L") or 1000)  # trained for noise levels 1..max_L
         self.c.L.max = max_L
         self.c.L.tooltip = f"diffusion steps of noise added to the latent code (1..{max_L} for this model)"
-        self.c.set_info(self.c.model_info, f"{msg}: {desc}, {ck.ae_config.image_size} px, "
-                                           f"L <= {max_L}, hash {ck.short_hash}")
+        what = "" if self.c.model_choice.value in BUNDLED_CHOICES else f" {desc}, {ck.ae_config.image_size} px,"
+        self.c.set_info(self.c.model_info, f"{msg}:{what} L <= {max_L}, hash {ck.short_hash}")
         self._set_channels(n, names if len(names) == n else [])
         self._update_buttons()
 
@@ -105,19 +114,28 @@ class ModelInputs:
             else:
                 label = MODALITY_TITLES.get(names[i].lower(), names[i]) if names else f"channel {i}"
             combo = ComboBox(label=label, choices=[], nullable=True)
+            elide_combo(combo)
             combo.changed.connect(self._on_input_choice)
             self._combos.append(combo)
             self.c.inputs.append(combo)
         self.refresh_inputs()
 
     # -- inputs ----------------------------------------------------------------------------
-    def refresh_inputs(self, *_):
-        """Update the input choices from the viewer's image layers; auto-pick when unset."""
+    def refresh_inputs(self, event=None):
+        """Update the input choices from the viewer's image layers and auto-pick.
+
+        Until the user chooses inputs, the widget keeps a complete pick as it is (a run's output
+        layers, a reorder or a renamed layer never move it) and switches only to a layer just
+        opened, once it fits (a lone file, or the last modality of a new case); an incomplete
+        pick is refilled from the active layer's case, as far as it goes."""
         layers = [ly for ly in image_layers(self.viewer) if not self._is_output(ly)]
         n = len(self._combos)
         multis = [ly for ly in multichannel_layers(self.viewer, n) if not self._is_output(ly)]
         choices = [(ly.name, ly) for ly in layers]
+        new = getattr(event, "value", None) if getattr(event, "type", None) == "inserted" else None
+        new = new if new in layers or new in multis else None
         active = self.viewer.layers.selection.active
+        focus = new if new is not None else (None if active is None or self._is_output(active) else active)
         self._setting = True
         try:
             for combo in self._combos:
@@ -128,18 +146,32 @@ class ModelInputs:
             self.c.multi.choices = [(ly.name, ly) for ly in multis]
             self.c.multi.value = old_multi if old_multi in multis else None
             current = [cb.value for cb in self._combos]
-            if not self._user_inputs or (self.c.multi.value is None and any(v is None for v in current)):
-                pick = auto_pick(layers, self._channel_names, n, active=active)
-                if pick:
-                    for combo, ly in zip(self._combos, pick):
-                        combo.value = ly
-                per_channel = bool(pick)
-                self.c.multi.value = None if per_channel else self._fitting_multi(multis, active, n)
+            complete = self.c.multi.value is not None or bool(current) and None not in current
+            if not complete or (not self._user_inputs and new is not None):
+                self._auto_fill(layers, multis, n, focus, only_with=new if complete else None)
         finally:
             self._setting = False
         self._show_channel_inputs()
         self._auto_model_if_needed()
         self._update_buttons()
+
+    def _auto_fill(self, layers, multis, n, focus, only_with=None):
+        """Fill the inputs: a full set of per-channel layers, else a fitting multi-channel layer,
+        else as many channels as one case has. ``only_with``: change nothing unless the new pick
+        uses that layer (a complete pick gives way only to a layer just opened)."""
+        full = auto_pick(layers, self._channel_names, n, active=focus)
+        multi = None if full else self._fitting_multi(multis, focus, n)
+        pick = full or (None if multi is not None else auto_pick(
+            layers, self._channel_names, n, active=focus, partial=True))
+        if only_with is not None and not (multi is only_with or (full and only_with in full)):
+            return
+        if multi is not None:
+            self.c.multi.value = multi
+            return
+        for combo, ly in zip(self._combos, pick or [None] * n):
+            if not self._user_inputs or combo.value is None:  # never undo the user's choice
+                combo.value = ly
+        self.c.multi.value = None
 
     def _fitting_multi(self, multis: list, active, n: int):
         """The multi-channel layer to pick: the active one if it fits, else the last that fits;
@@ -227,11 +259,42 @@ class ModelInputs:
             self.c.set_info(self.c.input_info, f"{src.name} is {src.ndim}D without channels; the "
                                                f"widget takes 2D images or 3D stacks", "error")
             return False
+        if src.ndim == 3:  # the slice range cannot run past the stack
+            top = int(src.data.shape[0]) - 1
+            for box in (self.c.range_from, self.c.range_to):
+                if box.max != top:
+                    box.max = top
         if self.checkpoint is not None:
-            note = fit_note(self.checkpoint, tuple(src.data.shape[-2:]))
-            if note:
-                notes.append(note)
-                level = "warning"
+            for note in (fit_note(self.checkpoint, tuple(src.data.shape[-2:]), self.pixel_spacing(src)),
+                         self._modality_note(layers, axis)):
+                if note:
+                    notes.append(note)
+                    level = "warning"
         self.c.set_info(self.c.input_info, "; ".join(notes), level)
         return True
 
+    @staticmethod
+    def pixel_spacing(src) -> tuple[float, float] | None:
+        """(rows, cols) pixel size in mm of the model's slices of a volume read from a NIfTI file
+        (its affine in the metadata; the rows run along R, the columns along A), else None."""
+        affine = (src.metadata or {}).get("affine")
+        if affine is None or src.ndim != 3:
+            return None
+        from .core.orientation import canonical_zooms
+
+        return tuple(canonical_zooms(affine)[:2])
+
+    def _modality_note(self, layers: list, axis) -> str | None:
+        """A warning when the input layers are known to be another modality than the model's
+        channels (the OCT model on a FLAIR volume)."""
+        want = [str(n).lower() for n in self.checkpoint.meta.get("channel_names") or []]
+        if axis is not None or len(want) != len(layers):
+            return None
+        got = [modality_of(ly) for ly in layers]
+        wrong = [(ly, m, w) for ly, m, w in zip(layers, got, want) if m is not None and m != w]
+        if not wrong:
+            return None
+        ly, m, w = wrong[0]
+        return (f"{ly.name} looks like {title_of(m)} but the model's channel is "
+                f"{title_of(w)}: the result is only meaningful on the modality "
+                f"it was trained on")

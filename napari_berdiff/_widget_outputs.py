@@ -62,14 +62,17 @@ class OutputLayers:
             full = _full((Z, H, W), sl, values, dtype)
             return full[0] if two_d else full
 
+        first = f"{base} anomaly map" not in self.viewer.layers
         self.reconstructions(outcome, k, src, base, channel_names)
-        self._image(f"{base} anomaly map", vol(outcome.anomaly_map[k]), geo,
+        amap = self._image(f"{base} anomaly map", vol(outcome.anomaly_map[k]), geo,
                     dict(meta_base, output="anomaly map"),
                     dict(colormap="inferno", blending="additive", contrast_limits=outcome.map_limits))
         self._labels(f"{base} segmentation", vol(outcome.segmentation[k], np.uint8), geo,
                      dict(meta_base, output="segmentation", postprocess=POSTPROCESS,
                           pending=not outcome.seg_ready[k]))
         self._mask_evolution(outcome, k, src, base, meta_base, Z, two_d)
+        if first and amap is not None:  # the layer controls show the map, not the last layer added
+            self.viewer.layers.selection.active = amap
         if self.difference_on:
             self.difference(outcome, k, src, base)
         if self.after_show is not None:
