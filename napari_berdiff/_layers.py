@@ -115,10 +115,24 @@ class SliceMap:
 
     @classmethod
     def for_layer(cls, metadata: dict | None, n_slices: int) -> "SliceMap":
-        o = (metadata or {}).get("orientation")
+        """For a layer read from a NIfTI file (orientation and affine in its metadata): the
+        model sees its axial slices in RAS order, as ``berdiff detect`` and the training do
+        (``core.orientation``), whatever the file's voxel order; a layer whose first axis is
+        not the axial one keeps the file's voxel order; other layers are taken as displayed."""
+        md = metadata or {}
+        o = md.get("orientation")
         if not o:
             return cls(n_slices=n_slices)
         o = Orientation.from_dict(o)
+        if md.get("affine") is not None:
+            from .core.orientation import orientation_of
+
+            ornt = orientation_of(np.asarray(md["affine"], float))
+            axis = [int(ornt[p, 0]) for p in o.perm]  # canonical axis (0 R, 1 A, 2 S) of layer axis d
+            sign = [int(ornt[p, 1]) * (-1 if f else 1) for p, f in zip(o.perm, o.flip)]
+            if axis[0] == 2:
+                return cls(transpose=axis[1] == 1, flip_rows=sign[1] < 0, flip_cols=sign[2] < 0,
+                           flip_slices=sign[0] < 0, n_slices=n_slices)
         return cls(transpose=o.perm[1] > o.perm[2], flip_rows=o.flip[1], flip_cols=o.flip[2],
                    flip_slices=o.flip[0], n_slices=n_slices)
 

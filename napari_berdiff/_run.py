@@ -53,6 +53,7 @@ class Job:
     normalized: np.ndarray | None = None  # cached normalised volume for the same input
     batch_size: int | None = None
     threads: int | None = None  # torch threads on the CPU (default cpu_count - 1)
+    spacing: tuple[float, float] | None = None  # (rows, cols) pixel size in mm as the model sees them
 
 
 @dataclass
@@ -174,7 +175,8 @@ def _run(job: Job, torch) -> Generator:
         bad = int(vol.size - np.count_nonzero(np.isfinite(vol)))
         if bad:  # checked before normalising: percentiles of NaN data would hide them
             raise ValueError(f"the input contains {bad} NaN/Inf value(s); fix or mask them first")
-        vol = normalize_stack(vol, "auto", channel_axis=0)
+        # as the model's training volumes were (BraTS-style: always per-volume percentiles)
+        vol = normalize_stack(vol, "percentile" if det.percentile_volumes else "auto", channel_axis=0)
         yield Tick(0, 0, "normalised", time.perf_counter() - t0)
     sm = job.slice_map
     x_layer = np.ascontiguousarray(np.moveaxis(vol[:, job.slices], 1, 0))  # (N, C, H, W)
@@ -183,7 +185,7 @@ def _run(job: Job, torch) -> Generator:
     batch = job.batch_size or K * (16 if on_gpu else 2)
     gen = det.iter_detect(x_model, L=job.L, P=job.thresholds, steps=job.steps, seed=job.seed,
                           indices=[sm.seed_index(i) for i in job.slices], normalize="none",
-                          keep_mask_history=True, batch_size=batch)
+                          keep_mask_history=True, batch_size=batch, spacing=job.spacing)
     tick = None  # stays None when every slice is empty (skipped without network calls)
     while True:
         try:

@@ -1,8 +1,10 @@
 """Detection on one input of :mod:`.batch_io` and writing its outputs (used by ``berdiff detect``).
 
-Volumes (BraTS case folders, NIfTI) run slice by slice along the last axis (axial for BraTS) with
-:meth:`Detector.detect_volume` (per-volume intensity normalisation when the data are not already
-in [0, 1]); 2D images run as one slice. The anomaly map written is the paper's: per-channel
+Volumes (BraTS case folders, NIfTI) are put in RAS voxel order (:mod:`.orientation`, as the
+models were trained) and run axial slice by axial slice with :meth:`Detector.detect_volume`
+(intensities normalised as the checkpoint records; the voxel size sets the field of view of
+BraTS-style models); the outputs go back to the file's own voxel order and affine. 2D images run
+as one slice. The anomaly map written is the paper's: per-channel
 squared error, 5x5 median filter, summed over channels. The segmentation is
 ``segment(normalize_map(map), threshold, min_size)`` per slice (paper protocol), or, with
 ``abs_threshold``, ``map > abs_threshold`` (e.g. a threshold chosen by ``berdiff evaluate`` on a
@@ -22,6 +24,7 @@ import numpy as np
 
 from .batch_io import AtomicFiles, InputItem, output_paths, parse_slices
 from .data.readers import DataError, find_brats_case, load_brats_case, load_image_2d, load_nifti
+from .orientation import axcodes, canonical_zooms, from_canonical, orientation_of, to_canonical
 from .postprocess import normalize_map, paper_anomaly_map, remove_small_components, segment
 
 __all__ = ["DetectSettings", "load_item", "run_item"]
@@ -77,13 +80,26 @@ def load_item(item: InputItem, channels: int) -> tuple[np.ndarray, np.ndarray | 
     raise DataError(item.path, item.error or f"unsupported input {item.path}")
 
 
+def _check_modality(detector, item: InputItem) -> None:
+    """Warn (stderr) when the input is plainly not what the model was trained on: the OCT model
+    on a NIfTI volume or a BraTS case (a 4-channel model on a 2D image fails on its channels)."""
+    modality = str((detector.meta or {}).get("modality") or "").lower()
+    if modality == "oct" and item.kind in ("nifti", "brats_case"):
+        print(f"berdiff detect: warning: {item.path.name}: the model was trained on OCT B-scans, "
+              "this is a NIfTI volume; its maps mean little", file=sys.stderr)
+
+
 def _nifti(path, data: np.ndarray, affine, header, dtype) -> None:
     import nibabel as nib
 
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine, header=hdr)
     img.set_data_dtype(dtype)
-    img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+    h = img.header
+    h["scl_slope"], h["scl_inter"] = 1.0, 0.0
+    # the source's display window, description and intent describe the source, not our maps
+    h["cal_min"], h["cal_max"], h["intent_code"] = 0.0, 0.0, 0
+    h["descrip"] = b"napari-berdiff output"
     nib.save(img, str(path))
 
 
@@ -98,15 +114,23 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
     """Detect on one input and write its outputs atomically; returns a short summary."""
     C = detector.in_channels
     data, affine, header = load_item(item, C)
+    _check_modality(detector, item)
     kw = dict(L=s.L, P=[float(s.P)], steps=s.steps, seed=s.seed, batch_size=s.batch_size,
               progress=progress)
+    orient = None
     if item.is_2d:
         idx = [0]
         res = detector.detect(data[None], indices=idx, **kw)
     else:
-        n_z = data.shape[-1]
+        # the model sees axial slices in RAS order whatever the file's voxel order (BraTS: LPS)
+        ornt = orientation_of(affine)
+        vol = to_canonical(data, ornt)
+        n_z = vol.shape[-1]
         idx = parse_slices(s.slices, n_z) or list(range(n_z))
-        res = detector.detect_volume(data, slice_axis=-1, slices=idx, **kw)
+        res = detector.detect_volume(vol, slice_axis=-1, slices=idx,
+                                     spacing=canonical_zooms(affine, ornt), **kw)
+        orient = {"file_voxel_order": axcodes(ornt), "model_voxel_order": "RAS",
+                  "slices": "axial, numbered from the feet up (--slices counts them so)"}
     rec = res.reconstruction[0]  # (n, C, h, w)
     amap = paper_anomaly_map(res.input, rec, s.median_size)  # (n, h, w)
     if s.abs_threshold is not None:
@@ -127,6 +151,7 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
                              "threshold": s.threshold, "abs_threshold": s.abs_threshold,
                              "min_size": s.min_size, "connectivity": s.connectivity},
             "affine": None if affine is None else np.asarray(affine).tolist(),
+            "orientation": orient,
             "detector": res.provenance, "command": " ".join(sys.argv), **(extra or {})}
     with AtomicFiles() as files:
         if item.is_2d:
@@ -136,12 +161,14 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
             _png(files.temp(paths["seg"]), seg[0].astype(np.uint8) * 255)
             _png(files.temp(paths["recon"]), np.rint(np.clip(rec[0, 0], 0, 1) * 255))
         else:
-            shape = data.shape[1:]
+            shape = vol.shape[1:]  # canonical (R, A, S); written back in the file's voxel order
             a_vol, s_vol = np.zeros(shape, np.float32), np.zeros(shape, np.uint8)
-            r_vol = np.zeros(shape + (C,), np.float32)
+            r_vol = np.zeros((C,) + shape, np.float32)
             a_vol[..., idx] = np.moveaxis(amap, 0, -1)
             s_vol[..., idx] = np.moveaxis(seg, 0, -1)
-            r_vol[..., idx, :] = np.moveaxis(rec, (0, 1), (-2, -1))
+            r_vol[..., idx] = np.moveaxis(rec, 0, -1)
+            a_vol, s_vol = from_canonical(a_vol, ornt), from_canonical(s_vol, ornt)
+            r_vol = np.moveaxis(from_canonical(r_vol, ornt), 0, -1)
             if C == 1:
                 r_vol = r_vol[..., 0]
             if header is not None and len(header.get_data_shape()) == 2:  # a 2D NIfTI stays 2D

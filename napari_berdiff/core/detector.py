@@ -37,6 +37,7 @@ from .sampler import SamplerStep, drive, masked_sampler, resolve_seeds
 from .schedule import BernoulliSchedule, step_grid
 
 NORMALIZE_MODES = ("auto", "percentile", "none")
+BRATS_SIDE = 240  # BraTS slices: 240 x 240 voxels of 1 mm
 
 
 @dataclass
@@ -105,7 +106,11 @@ class Detector:
         self.model_hash = model_hash
         pre = self.meta.get("preprocess", {})
         self.preprocess_mode = pre.get("mode", "pad")
-        self.canvas = pre.get("canvas")
+        self.canvas = pre.get("canvas")  # as recorded; see canvas_for() for slices of known spacing
+        self.fov, self.spacing_mm = field_of_view(self.meta, self.image_size)
+        norm = self.meta.get("normalisation") or {}
+        # volumes of a model trained on percentile-normalised volumes are always normalised so
+        self.percentile_volumes = str(norm.get("method", "")).startswith("percentile")
 
     @classmethod
     def from_checkpoint(cls, source: str | Checkpoint, device="auto", **options) -> "Detector":
@@ -148,6 +153,10 @@ class Detector:
     def image_size(self) -> int:
         return int(self.autoencoder.config.image_size)
 
+    def canvas_for(self, spacing: Sequence[float] | None):
+        """See :func:`canvas_for` (module level) for this model."""
+        return canvas_for(self.meta, self.image_size, spacing)
+
     # ------------------------------------------------------------------------------------
     def detect(self, images, **kwargs) -> DetectionResult:
         """Run :meth:`iter_detect` to the end; ``progress`` may be a callable taking DetectProgress."""
@@ -161,9 +170,20 @@ class Detector:
         slice index, so a slice gives the same result alone as within the volume."""
         vol = _as_channels_first(volume)
         _check_finite(vol)
-        vol = normalize_stack(vol, kwargs.pop("normalize", "auto"), channel_axis=0)
+        mode = kwargs.pop("normalize", "auto")
+        if mode == "auto" and self.percentile_volumes:
+            mode = "percentile"  # as the training volumes were, whatever range the data have
+        applied = _applied(mode, vol)
+        vol = normalize_stack(vol, mode, channel_axis=0)
         stack, idx = volume_to_slices(vol, slice_axis, slices)
-        return self.detect(stack, indices=idx, normalize="none", **kwargs)
+        spacing = kwargs.pop("spacing", None)
+        if spacing is not None:  # voxel sizes of the spatial axes -> those of a slice's rows, cols
+            spacing = [float(v) for i, v in enumerate(spacing) if i != slice_axis % 3]
+        res = self.detect(stack, indices=idx, normalize="none", spacing=spacing, **kwargs)
+        res.provenance["normalize"] = (f"{applied} (per volume and channel, {mode!r} requested)"
+                                       if applied == "percentile" else f"none ({mode!r} requested; "
+                                       "the data were already in [0, 1])")
+        return res
 
     def iter_detect(
         self,
@@ -180,6 +200,7 @@ class Detector:
         deterministic_last_step: bool = False,
         keep_mask_history: bool = False,
         skip_empty: bool = True,
+        spacing: Sequence[float] | None = None,
     ) -> Generator[DetectProgress, None, DetectionResult]:
         """Generator over sampler steps; returns a :class:`DetectionResult`.
 
@@ -188,6 +209,9 @@ class Detector:
         trajectories (slices x thresholds) per network call: ``"auto"``/None (default) chooses it
         from the free memory (:meth:`plan_batches`), an int is used as given (at least one slice
         per call). ``skip_empty``: constant slices get no network work (see the module docstring).
+        ``spacing``: the (row, column) pixel size in mm; for a model with a field of view in mm
+        (BraTS-style: 240 mm at 1 mm) the slice is padded or cropped to that field of view, so a
+        cropped or finer volume keeps the anatomy's training scale (None: the training spacing).
         """
         t_start = time.perf_counter()
         x = _as_stack(images)
@@ -199,6 +223,7 @@ class Detector:
         if int(L) > self.max_L:
             raise ValueError(f"L = {int(L)} is beyond the noise levels this model was trained for "
                              f"(L <= {self.max_L}); choose L <= {self.max_L}")
+        applied = _applied(normalize, x) if normalize != "none" else "none"
         x = normalize_stack(x, normalize)
         thresholds = [float(P)] if np.isscalar(P) else [float(p) for p in P]
         K = len(thresholds)
@@ -206,7 +231,8 @@ class Detector:
         if len(idx) != N:
             raise ValueError(f"got {len(idx)} indices for {N} slices")
         image_seeds = resolve_seeds([seed + i for i in idx], N)
-        geom = preprocess.plan((H, W), self.image_size, self.preprocess_mode, self.canvas)
+        canvas = self.canvas_for(spacing)
+        geom = preprocess.plan((H, W), self.image_size, self.preprocess_mode, canvas)
         n_steps = len(step_grid(L, steps)) - 1  # network evaluations per batch
 
         recon = np.zeros((K, N, C, H, W), np.float32)
@@ -251,8 +277,10 @@ class Detector:
             "slice_indices": idx if N <= 4096 else f"{idx[0]}..{idx[-1]}",
             "device": str(self.device), "device_warning": self.device_warning,
             "model_hash": self.model_hash, "model": self.meta.get("name"),
-            "preprocess": {"mode": self.preprocess_mode, "canvas": self.canvas, "size": self.image_size},
-            "normalize": normalize, "deterministic_encoding": deterministic_encoding,
+            "preprocess": {"mode": self.preprocess_mode, "canvas": canvas, "size": self.image_size,
+                           "spacing_mm": None if spacing is None else [float(v) for v in spacing],
+                           "training_spacing_mm": self.spacing_mm},
+            "normalize": applied, "deterministic_encoding": deterministic_encoding,
             "deterministic_last_step": deterministic_last_step,
             "skip_empty": bool(skip_empty),
             "skipped_slices": [idx[i] for i in np.flatnonzero(skipped)],
@@ -376,6 +404,45 @@ def slices_to_volume(arr: np.ndarray, slice_axis: int = -1) -> np.ndarray:
     (Move a channel axis in front of N first, e.g. (K, N, C, H, W) -> (K, C, N, H, W).)"""
     n_axis = arr.ndim - 3
     return np.moveaxis(arr, n_axis, n_axis + slice_axis % 3)
+
+
+def field_of_view(meta: dict, image_size: int) -> tuple[int | None, float | None]:
+    """(side in pixels, pixel size in mm) of the field of view a pad-mode model was trained on:
+    recorded in ``meta["preprocess"]`` (``canvas``, ``spacing_mm``) or, for BraTS-style models,
+    240 x 240 slices at 1 mm. (None, None) where the model has no field of view in mm."""
+    pre = (meta or {}).get("preprocess") or {}
+    side, spacing = pre.get("canvas"), pre.get("spacing_mm")
+    if pre.get("mode", "pad") != "pad":
+        return None, None
+    if (meta or {}).get("modality") == "brats":
+        side, spacing = side or max(BRATS_SIDE, int(image_size)), spacing or 1.0
+    if side is None or spacing is None:
+        return None, None
+    return int(side), float(spacing)
+
+
+def canvas_for(meta: dict, image_size: int, spacing: Sequence[float] | None = None):
+    """The pad/crop canvas (pixels; an int, or (rows, cols)) for slices whose pixels are
+    ``spacing`` = (row, col) mm: the model's field of view in mm in the slice's own pixels, so
+    a cropped, padded or finer volume keeps the anatomy's training scale. Without a spacing (or
+    a field of view): the canvas the checkpoint records, None for the plain rule (pad to the
+    larger side; slices already at the model's size pass unchanged)."""
+    recorded = ((meta or {}).get("preprocess") or {}).get("canvas")
+    side, mm = field_of_view(meta, image_size)
+    if spacing is None or side is None:
+        return recorded
+    sp = [float(v) for v in spacing]
+    if len(sp) != 2 or not all(np.isfinite(sp)) or min(sp) <= 0:
+        raise ValueError(f"spacing must be two positive pixel sizes in mm, got {spacing}")
+    rows, cols = (max(1, int(round(side * mm / v))) for v in sp)
+    return rows if rows == cols else (rows, cols)
+
+
+def _applied(mode: str, x: np.ndarray) -> str:
+    """What :func:`normalize_stack` does with ``mode`` on ``x``: "percentile" or "none"."""
+    if mode == "percentile" or (mode == "auto" and (float(x.min()) < 0.0 or float(x.max()) > 1.0)):
+        return "percentile"
+    return "none"
 
 
 def normalize_stack(x: np.ndarray, mode: str = "auto", channel_axis: int = 1) -> np.ndarray:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,20 +39,25 @@ class Geometry:
     size: int
 
 
-def plan(in_hw: tuple[int, int], size: int, mode: str = "pad", canvas: int | None = None) -> Geometry:
-    """The geometry for slices of shape ``in_hw`` and a model of input size ``size``."""
+def plan(in_hw: tuple[int, int], size: int, mode: str = "pad",
+         canvas: int | tuple[int, int] | None = None) -> Geometry:
+    """The geometry for slices of shape ``in_hw`` and a model of input size ``size``; ``canvas``
+    (pad mode) is a square side or a (rows, cols) pair (a field of view in mm at a voxel size
+    that differs between rows and columns)."""
     if mode not in MODES:
         raise ValueError(f"unknown preprocessing mode {mode!r}; choose one of {MODES}")
     H, W = int(in_hw[0]), int(in_hw[1])
     if mode == "resize":
         return Geometry((H, W), (0, 0, 0, 0), (H, W), int(size))
     if mode == "square":
-        side = max(H, W)
+        side_h = side_w = max(H, W)
+    elif canvas:
+        side_h, side_w = (int(canvas), int(canvas)) if np.isscalar(canvas) else (int(canvas[0]), int(canvas[1]))
     else:
-        side = int(canvas) if canvas else max(H, W, int(size))
-    ph, pw = side - H, side - W
+        side_h = side_w = max(H, W, int(size))
+    ph, pw = side_h - H, side_w - W
     pads = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
-    return Geometry((H, W), pads, (side, side), int(size))
+    return Geometry((H, W), pads, (side_h, side_w), int(size))
 
 
 def _pad(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
