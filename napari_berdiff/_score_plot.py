@@ -67,8 +67,6 @@ class ScorePlot(QWidget):
         ax.set_ylabel("masked fraction")
         hi = float(np.nanmax(sweep)) if sweep is not None and np.size(sweep) else float(np.nanmax(fractions))
         ax.set_ylim(0, max(hi * 1.1, 1e-3))
-        if len(self.slices) == 1:
-            ax.set_xlim(self.slices[0] - 1, self.slices[0] + 1)
         if len(self.slices) <= 12:
             ax.set_xticks(self.slices)
         if source is not None and source.ndim < 3:
@@ -76,6 +74,10 @@ class ScorePlot(QWidget):
         if P is not None:
             ax.legend(loc="upper right", fontsize="small", frameon=False)
         self.cursor = ax.axvline(self._current(), color="tab:blue", lw=1)
+        # the x range is the slices that ran: a cursor on another slice must not stretch the axis
+        # (the slice ticks would pile up); it is simply out of view then
+        pad = 1.0 if len(self.slices) == 1 else 0.5
+        ax.set_xlim(float(self.slices.min()) - pad, float(self.slices.max()) + pad)
         self.canvas.draw_idle()
 
     def _current(self) -> float:

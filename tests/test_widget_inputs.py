@@ -225,3 +225,14 @@ def test_a_volume_stored_lps_or_ras_gives_the_same_maps(make_napari_viewer, qtbo
         maps[layer.name] = np.asarray(viewer.layers[f"{layer.name} anomaly map"].data).copy()
     assert maps["ras"].max() > 0
     np.testing.assert_allclose(maps["lps"], maps["ras"], atol=1e-6)
+
+
+def test_the_score_plot_keeps_to_the_slices_that_ran(make_napari_viewer):
+    from napari_berdiff._score_plot import ScorePlot
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((160, 8, 8), np.float32))
+    viewer.dims.set_point(0, 0)  # the cursor far from the slices that ran
+    plot = ScorePlot(viewer)
+    plot.set_data(layer, [150, 151, 152, 153, 154], np.linspace(0.1, 0.2, 5))
+    assert plot.ax.get_xlim() == (149.5, 154.5)  # five readable ticks, not a pile at one end
