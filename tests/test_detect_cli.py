@@ -198,9 +198,9 @@ def test_speed_options_batch_size_and_empty_slices(ck1, tmp_path):
 # ----------------------------------------------------------------------------- helpers in-process
 def test_discover_inputs_names_and_kinds(tmp_path):
     (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "sub").mkdir(parents=True)
     write_png(tmp_path / "a" / "x.png")
-    write_png(tmp_path / "b" / "x.png")
+    write_png(tmp_path / "b" / "sub" / "x.png")
     (tmp_path / "b" / "notes.txt").write_text("ignored")
     case = tmp_path / "b" / "case1"
     case.mkdir()
@@ -208,10 +208,11 @@ def test_discover_inputs_names_and_kinds(tmp_path):
     items = discover_inputs([tmp_path / "a", tmp_path / "b", tmp_path / "a" / "x.png",
                              tmp_path / "missing.nii", tmp_path / "b" / "notes.txt"])
     kinds = [(it.kind, it.name) for it in items]
-    # a folder's files come before its subfolders; a/x.png given twice runs once
-    assert kinds == [("image", "x"), ("image", "x_2"), ("brats_case", "case1"),
-                     ("invalid", "missing"), ("invalid", "notes")]
-    assert output_paths(items[2], tmp_path)["seg"].name == "case1_berdiff_mask.nii.gz"
+    # a folder's files come before its subfolders; a/x.png given twice runs once; stems mirror
+    # the path below the folder argument (tests/test_detect_io.py covers the naming in full)
+    assert kinds == [("image", "x"), ("brats_case", "case1"), ("image", "sub/x"),
+                     ("invalid", "missing.nii"), ("invalid", "notes.txt")]
+    assert output_paths(items[1], tmp_path)["seg"].name == "case1_berdiff_mask.nii.gz"
     assert shard(list(range(7)), 1, 3) == [1, 4]
     assert parse_slices("80:83", 155) == [80, 81, 82] and parse_slices("-1", 5) == [4]
     assert parse_slices(None, 5) is None

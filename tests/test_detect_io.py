@@ -1,8 +1,9 @@
-"""``berdiff detect``: output names that never look like BraTS files, and no input ever
-replaced."""
+"""``berdiff detect``: output names that never look like BraTS files, no input ever replaced,
+and output folders that mirror the input folders."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -13,8 +14,8 @@ import torch
 from napari_berdiff.cli import main
 from napari_berdiff.core import batch_io
 from napari_berdiff.core.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.batch_io import (InputItem, check_inputs_kept, is_own_output,
-                                          output_paths)
+from napari_berdiff.core.batch_io import (InputItem, check_inputs_kept, discover_inputs,
+                                          is_own_output, output_paths)
 from napari_berdiff.core.checkpoint import save_checkpoint
 from napari_berdiff.core.configs import get_preset
 from napari_berdiff.core.data.readers import BRATS_MODALITIES, find_brats_case
@@ -108,3 +109,39 @@ def test_an_output_on_an_input_file_is_refused_even_with_overwrite(ck1, tmp_path
     item.path.write_bytes(b"data")
     with pytest.raises(ValueError, match="would replace the input"):
         check_inputs_kept([item], tmp_path)
+
+
+# ----------------------------------------------------------------------------- 3: mirroring
+def test_output_folders_mirror_the_input_tree(ck1, tmp_path, capsys):
+    tree = tmp_path / "in_tree"
+    for sub in ("p1/v1", "p1/v2", "p2/v1"):
+        (tree / sub).mkdir(parents=True)
+        write_png(tree / sub / "001.png")
+    out = tmp_path / "o"
+    rc, _, err = detect(capsys, tree, "--model", ck1, "--out", out)
+    assert rc == 0, err
+    assert files_under(out) == [f"{s}/001_berdiff_{e}" for s in ("p1/v1", "p1/v2", "p2/v1")
+                                for e in OUT_2D]
+    prov = json.loads((out / "p2/v1/001_berdiff_provenance.json").read_text())
+    assert prov["input"].endswith("p2/v1/001.png") and prov["name"] == "p2/v1/001"
+    # a later run on part of the tree does not touch p1/v1's results
+    before = (out / "p1/v1/001_berdiff_mask.png").stat().st_mtime_ns
+    rc, _, err = detect(capsys, tree / "p2", "--model", ck1, "--out", out, "--overwrite")
+    assert rc == 0, err
+    assert (out / "v1/001_berdiff_mask.png").exists()
+    assert (out / "p1/v1/001_berdiff_mask.png").stat().st_mtime_ns == before
+    # inputs given as files: their names at the top; a clash is one clear error, before any work
+    items = discover_inputs([tree / "p1/v1/001.png", tree / "p2"])
+    assert [it.name for it in items] == ["001", "v1/001"]
+    rc, _, err = detect(capsys, tree / "p1/v1/001.png", tree / "p2/v1/001.png", "--model", ck1,
+                        "--out", tmp_path / "o2")
+    assert rc == 2 and err.count("\n") == 1 and "would both write" in err
+    assert not (tmp_path / "o2").exists()
+
+
+def test_stems_are_compared_without_case_and_across_kinds(tmp_path):
+    write_png(tmp_path / "Scan.png")
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 2), np.float32), AFFINE), str(tmp_path / "scan.nii"))
+    with pytest.raises(ValueError, match="would both write"):
+        discover_inputs([tmp_path])
+    assert [it.name for it in discover_inputs([tmp_path / "Scan.png"])] == ["Scan"]

@@ -2,9 +2,11 @@
 
 Inputs: BraTS case folders (4-channel models), NIfTI volumes (3D for 1-channel models, 4D with
 channels last), 2D images (OCT; 1-channel models), or folders holding any of these (searched
-recursively). Outputs per input (see :mod:`napari_berdiff.core.batch_io`), named
-``<stem>_berdiff_<kind>``: anomaly map, segmentation mask and reconstruction (NIfTI with the source
-affine, or TIFF/PNG for 2D images), a per-slice scores CSV and a provenance JSON.
+recursively). Outputs per input
+(see :mod:`napari_berdiff.core.batch_io`), named ``<stem>_berdiff_<kind>`` where ``<stem>`` mirrors
+the input's path below the folder argument it was found in (an input given directly: its name):
+anomaly map, segmentation mask and reconstruction (NIfTI with the source affine, or TIFF/PNG for
+2D images), a per-slice scores CSV and a provenance JSON.
 
 Safety: existing outputs are never replaced without ``--overwrite`` (checked for every input before
 any work starts), and an input file never, not even with it; files are written under temporary
@@ -14,7 +16,7 @@ stderr by name and the others still run; the exit status is 1 when any input fai
 Several processes: under ``torchrun --nproc_per_node=N berdiff detect ...`` (or with ``RANK`` and
 ``WORLD_SIZE`` set by hand) process ``RANK`` takes inputs ``[RANK::WORLD_SIZE]`` of the sorted input
 list; no process group is created, and with ``--device auto`` each process uses
-``cuda:LOCAL_RANK`` when CUDA is available. Output names are decided on the full list, so the
+``cuda:LOCAL_RANK`` when CUDA is available. Output names do not depend on the split, so the
 processes never collide.
 """
 
@@ -34,7 +36,8 @@ def register(sub) -> None:
                                       "images and write maps, segmentations and scores")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="files or folders (NIfTI, BraTS case folders, PNG/JPEG/TIFF images)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True,
+                   help="output folder (inputs found in folders keep their relative paths there)")
     model_args.add_model_args(p)
     p.add_argument("--L", type=int, default=200, help="noise level L (default 200)")
     p.add_argument("--P", type=float, default=0.5, help="mask threshold P (default 0.5)")
@@ -99,7 +102,8 @@ def run(args) -> int:
         finally:
             bar.close()
         ok += 1
-        print(f"{tag}{it.path} -> {summary['name']}_berdiff_* ({summary['slices']} slice(s), "
+        dest = os.path.join(args.out, summary["name"])
+        print(f"{tag}{it.path} -> {dest}_berdiff_* ({summary['slices']} slice(s), "
               f"{summary['seg_pixels']} segmented pixels)")
     print(f"{tag}{ok} input(s) done, {len(failed)} failed; outputs in {args.out}")
     if failed:

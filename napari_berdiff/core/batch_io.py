@@ -5,8 +5,11 @@ Inputs (:func:`discover_inputs`): BraTS case folders (``*_flair.nii.gz`` etc.), 
 (``.nii``/``.nii.gz``) and 2D images (PNG, JPEG, TIFF, BMP), given directly or found recursively in
 folders (a BraTS case folder is one input; its files are not listed separately).
 
-Every input gets a unique output stem (the case folder name or the file name without extension;
-``_2``, ``_3``... on clashes, in sorted input order so that parallel processes agree).
+Output stems mirror the folder structure: an input found under a folder argument keeps its path
+relative to that folder (``in/p1/v1/001.jpg`` searched from ``in`` -> ``p1/v1/001``; a BraTS case
+folder ``in/site/Case1`` -> ``site/Case1``), an input given directly is its file (or case folder)
+name at the top level. Stems therefore do not depend on which other inputs run; two inputs with
+the same stem are an error (:class:`ValueError`, before any work).
 
 Outputs per input (:func:`output_paths`), all named ``<stem>_berdiff_<kind>`` so that they can
 never be taken for BraTS modalities or labels (``*_seg.nii.gz``) or for inputs of a later run:
@@ -50,7 +53,8 @@ _OWN_OUTPUT_RE = re.compile(r".+_berdiff_(anomaly|mask|recon|scores|provenance)"
 
 @dataclass
 class InputItem:
-    """One unit of work: ``kind`` is ``brats_case``, ``nifti``, ``image`` or ``invalid``."""
+    """One unit of work: ``kind`` is ``brats_case``, ``nifti``, ``image`` or ``invalid``;
+    ``name`` is the output stem (a relative path, ``/``-separated, for inputs found in folders)."""
 
     path: Path
     kind: str
@@ -70,6 +74,13 @@ def strip_extension(name: str) -> str:
     return Path(name).stem
 
 
+def _resolve(p: str | Path) -> Path:
+    try:
+        return Path(p).resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(p))
+
+
 def is_own_output(path: str | Path) -> bool:
     """Whether the file name is one ``berdiff detect`` gives outputs (``*_berdiff_<kind>.*``)."""
     return _OWN_OUTPUT_RE.match(Path(path).name) is not None
@@ -83,59 +94,65 @@ def _is_case_folder(d: Path) -> bool:
 
 
 def _walk(root: Path) -> list[InputItem]:
+    """The inputs below ``root`` named by their path relative to it."""
     items: list[InputItem] = []
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
+        rel = d.relative_to(root)
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
         if _is_case_folder(d):
-            items.append(InputItem(d, "brats_case"))
+            items.append(InputItem(d, "brats_case", rel.as_posix() if rel.parts else
+                                   _resolve(root).name))
             dirnames[:] = []
             continue
         for f in sorted(filenames):
             p = d / f
-            if f.startswith("."):
+            if f.startswith(".") or not (is_nifti(p) or is_image(p)):
                 continue
-            if is_nifti(p):
-                items.append(InputItem(p, "nifti"))
-            elif is_image(p):
-                items.append(InputItem(p, "image"))
+            items.append(InputItem(p, "nifti" if is_nifti(p) else "image",
+                                   (rel / strip_extension(f)).as_posix()))
     return items
 
 
 def discover_inputs(paths: Sequence[str | Path]) -> list[InputItem]:
-    """The inputs named by ``paths`` (files or folders), in order, with unique output stems.
+    """The inputs named by ``paths`` (files or folders), in order, with their output stems.
     Missing paths, unsupported files and folders without inputs become ``invalid`` items (they
-    are reported, not raised, so that the other inputs still run)."""
+    are reported, not raised, so that the other inputs still run). Two inputs with the same
+    output stem (compared case-insensitively) raise ValueError naming both."""
     items: list[InputItem] = []
     for raw in paths:
         p = Path(raw)
         if not p.exists():
-            items.append(InputItem(p, "invalid", error=f"input not found: {p}"))
+            items.append(InputItem(p, "invalid", p.name, error=f"input not found: {p}"))
         elif p.is_dir():
-            found = [InputItem(p, "brats_case")] if _is_case_folder(p) else _walk(p)
-            items += found or [InputItem(p, "invalid", error=f"no NIfTI, image or BraTS case "
-                                                            f"under folder {p}")]
+            found = ([InputItem(p, "brats_case", _resolve(p).name)] if _is_case_folder(p)
+                     else _walk(p))
+            items += found or [InputItem(p, "invalid", p.name, error=f"no NIfTI, image or BraTS "
+                                                                     f"case under folder {p}")]
         elif is_nifti(p):
-            items.append(InputItem(p, "nifti"))
+            items.append(InputItem(p, "nifti", strip_extension(p.name)))
         elif is_image(p):
-            items.append(InputItem(p, "image"))
+            items.append(InputItem(p, "image", strip_extension(p.name)))
         else:
-            items.append(InputItem(p, "invalid", error=f"unsupported input (not NIfTI, PNG/JPEG/"
-                                                       f"TIFF/BMP or a BraTS case folder): {p}"))
+            items.append(InputItem(p, "invalid", p.name,
+                                   error=f"unsupported input (not NIfTI, PNG/JPEG/TIFF/BMP or a "
+                                         f"BraTS case folder): {p}"))
     seen: set[Path] = set()
     unique: list[InputItem] = []
     for it in items:
-        key = it.path.resolve()
+        key = _resolve(it.path)
         if key in seen:
             continue
         seen.add(key)
         unique.append(it)
-    used: dict[str, int] = {}
+    owner: dict[str, InputItem] = {}
     for it in unique:
-        base = it.path.name if it.kind == "brats_case" else strip_extension(it.path.name)
-        n = used.get(base, 0) + 1
-        used[base] = n
-        it.name = base if n == 1 else f"{base}_{n}"
+        if it.kind == "invalid":
+            continue
+        other = owner.setdefault(it.name.casefold(), it)
+        if other is not it:
+            raise ValueError(f"{other.path} and {it.path} would both write the outputs "
+                             f"{it.name}{OUTPUT_TAG}*; run them with different --out folders")
     return unique
 
 
