@@ -18,8 +18,9 @@ from typing import Callable
 import numpy as np
 
 from ._layers import json_header, layer_geometry
-from .core.data.readers import (BRATS_MODALITIES, DataError, find_brats_case, is_nifti,
-                                load_image_2d, load_nifti)
+from .core.data.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, DataError,
+                                brats_modality_of, find_brats_case, is_nifti, load_image_2d,
+                                load_nifti)
 
 OCT_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
 MODALITY_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
@@ -140,11 +141,13 @@ def read_nifti_layers(path: str | Path) -> list[LayerData]:
 
 
 def _modality_of(stem: str) -> str | None:
+    """The BraTS modality a file stem names (``*_flair``, BraTS2023 ``*-t2f``, ...; a bare
+    ``flair``), or None; the segmentation is not a modality."""
+    mod = brats_modality_of(stem + ".nii.gz")
+    if mod is not None and mod != "seg":
+        return mod
     low = stem.lower()
-    for mod in ("t1ce", "flair", "t2", "t1"):
-        if low.endswith("_" + mod) or low == mod:
-            return mod
-    return None
+    return low if low in BRATS_MODALITIES else None
 
 
 def _is_integer_valued(a: np.ndarray) -> bool:
@@ -158,7 +161,7 @@ def _folder_kind(folder: Path) -> str | None:
     except OSError:
         return None
     names = [f.name.lower() for f in files]
-    if any(n.endswith((f"_{m}.nii.gz", f"_{m}.nii")) for n in names for m in BRATS_MODALITIES):
+    if any(n.endswith(BRATS_CASE_SUFFIXES) for n in names):
         return "brats"
     if any(_is_oct(f) for f in files):
         return "oct"

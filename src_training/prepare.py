@@ -1,6 +1,6 @@
 """Turn raw datasets into prepared directories for training and evaluation.
 
-* :func:`prepare_brats` - BraTS2020/2021 case folders -> 4-channel axial slices (SPEC section 9)
+* :func:`prepare_brats` - BraTS2020/2021/2023 case folders -> 4-channel axial slices (SPEC section 9)
 * :func:`prepare_oct` - OCT2017 (Kermany) class folders -> 1-channel images (see ``prepare_oct``)
 * :func:`prepare_folder` - any folder of NIfTI volumes or 2D images, all healthy training data
 
@@ -18,15 +18,15 @@ Command line::
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from napari_berdiff.core.data.readers import (BRATS_MODALITIES, DataError, find_brats_case,
-                                              is_image, is_nifti, load_brats_case, load_nifti)
+from napari_berdiff.core.data.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, DataError,
+                                              find_brats_case, is_image, is_nifti,
+                                              load_brats_case, load_nifti)
 from src_training.prepare_common import (NORMALISATION_DOC, assign_split, check_params,
                                          finish, image_job, split_writers, parallel_map, progress,
                                          split_by_group, volume_to_slices)
@@ -35,27 +35,38 @@ from src_training.prepared_format import atomic_output_dir, check_can_write
 
 __all__ = ["prepare_brats", "prepare_oct", "prepare_folder", "find_brats_cases", "main"]
 
-_CASE_FILE = re.compile(r"_(flair|t1|t1ce|t2)\.nii(\.gz)?$", re.IGNORECASE)
-
-
 def find_brats_cases(src_root: str | Path) -> list[tuple[str, Path]]:
     """All BraTS case folders under ``src_root`` (itself included), as sorted
-    ``(case_id, folder)`` pairs; the case id is the folder name."""
+    ``(case_id, folder)`` pairs; the case id is the folder name. A case folder holds a modality
+    file in one of the namings of :func:`~napari_berdiff.core.data.readers.find_brats_case`
+    (BraTS2020/2021 ``*_flair.nii.gz``, BraTS2023 ``*-t2f.nii.gz``, ...)."""
     root = Path(src_root)
     if not root.is_dir():
         raise DataError(root, f"BraTS source folder not found: {root}")
     cases: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        if any(_CASE_FILE.search(f) for f in filenames):
+        if any(f.lower().endswith(BRATS_CASE_SUFFIXES) for f in filenames):
             d = Path(dirpath)
             if d.name in cases:
                 raise DataError(d, f"two BraTS case folders named {d.name}: "
                                    f"{cases[d.name]} and {d}")
             cases[d.name] = d
     if not cases:
-        raise DataError(root, f"no BraTS case folders (with *_flair.nii.gz etc.) under {root}")
+        raise DataError(root, f"no BraTS case folders (with *_flair.nii.gz etc., or BraTS2023 "
+                              f"*-t2f.nii.gz etc.) under {root}")
     return sorted(cases.items())
+
+
+def _skip(skipped: list, name: str, err: DataError, skip_bad: bool) -> None:
+    if not skip_bad:
+        raise err
+    skipped.append({"case": name, "file": str(err.path), "error": str(err)})
+    warnings.warn(f"skipping {name}: {err}", stacklevel=3)
+
+
+_RAW_LABELS_DOC = ("the BraTS labels as in the files: 1 necrotic core, 2 oedema, 4 enhancing "
+                   "tumour (BraTS2020/2021) or 3 enhancing tumour (BraTS2023)")
 
 
 def _brats_job(args: tuple) -> Any:
@@ -69,13 +80,6 @@ def _brats_job(args: tuple) -> Any:
         return e
 
 
-def _skip(skipped: list, name: str, err: DataError, skip_bad: bool) -> None:
-    if not skip_bad:
-        raise err
-    skipped.append({"case": name, "file": str(err.path), "error": str(err)})
-    warnings.warn(f"skipping {name}: {err}", stacklevel=3)
-
-
 def prepare_brats(src_root: str | Path, out_dir: str | Path, *,
                   split: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0, image_size: int = 256,
                   drop_bottom: int = 80, drop_top: int = 26, low: float = 0.5, high: float = 99.5,
@@ -83,12 +87,14 @@ def prepare_brats(src_root: str | Path, out_dir: str | Path, *,
                   workers: int = 0, show_progress: bool = True) -> dict[str, Any]:
     """Prepare BraTS case folders under ``src_root`` into ``out_dir``; returns the meta dict.
 
-    Per case: the four modalities (channel order ``flair, t1, t1ce, t2``) are normalised per
+    Per case: the four modalities (channel order ``flair, t1, t1ce, t2``; BraTS2023's
+    ``t2f, t1n, t1c, t2w``) are normalised per
     volume and channel (clip to the ``low``/``high`` percentiles of the nonzero voxels, scale to
     [0, 1], background 0); axial slices ``drop_bottom : Z - drop_top`` are kept; each slice is
     zero-padded (centred) to ``image_size`` when it fits (240 -> 256), else zero-padded to a
     square and resized (anti-aliased; labels nearest) down to ``image_size`` (e.g. 128).
-    A slice is healthy when its label is all zero (at the original resolution). Cases are split
+    A slice is healthy when its label is all zero (at the original resolution); the binary
+    labels are ``seg > 0`` (whole tumour: 1, 2 and 4, or BraTS2023's 3). Cases are split
     by patient with :func:`assign_split` (``split`` = train/val/test fractions, ``seed``); the
     training split keeps only healthy slices, val/test keep every slice with its labels.
     A missing or corrupt file raises :class:`DataError` naming it, unless ``skip_bad=True``
@@ -147,7 +153,7 @@ def prepare_brats(src_root: str | Path, out_dir: str | Path, *,
                              "transform": transform,
                              "rule": "zero-pad centred when it fits, else pad to square "
                                      "then resize (labels nearest)"},
-                "labels": {"binary": "seg > 0", "raw": "BraTS labels 0/1/2/4",
+                "labels": {"binary": "seg > 0 (whole tumour)", "raw": _RAW_LABELS_DOC,
                            "healthy": "slice label all zero"},
                 "split": {"seed": int(seed), "fractions": list(split), "by": "patient"},
                 "skipped": skipped}

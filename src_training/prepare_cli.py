@@ -21,7 +21,7 @@ def add_kind_parsers(sub, name_format: str = "{}") -> dict:
     common.add_argument("--workers", type=int, default=0, help="worker processes (default 0: none)")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     b = sub.add_parser(name_format.format("brats"), parents=[common],
-                       help="prepare BraTS2020/2021 case folders (4 channels: FLAIR, T1, T1ce, T2)")
+                       help="prepare BraTS2020/2021/2023 case folders (4 channels: FLAIR, T1, T1ce, T2)")
     b.add_argument("--split", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
     b.add_argument("--drop-bottom", type=int, default=80)
     b.add_argument("--drop-top", type=int, default=26)

@@ -9,7 +9,8 @@ A prepared directory holds plain ``.npy`` files (memory-mappable) and JSON::
     train_healthy_index.npz     case_id (N,) str, slice_index (N,) int32, healthy (N,) bool, ...
     val_images.npy              (M, C, S, S) uint8: every kept slice of the split
     val_labels.npy              (M, S, S) uint8 binary anomaly mask (BraTS: seg > 0)
-    val_raw_labels.npy          (M, S, S) uint8 raw labels (BraTS 0/1/2/4); only where they exist
+    val_raw_labels.npy          (M, S, S) uint8 raw labels (BraTS 0/1/2/4, BraTS2023 0/1/2/3);
+                                only where they exist
     val_index.npz               case_id, slice_index, healthy [, class_name, has_mask, source]
     test_*                      as val_*
 

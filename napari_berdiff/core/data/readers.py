@@ -6,7 +6,8 @@ message names the offending file.
 
 Conventions (SPEC section 9):
 
-* BraTS channel order is :data:`BRATS_MODALITIES` = ``("flair", "t1", "t1ce", "t2")`` everywhere.
+* BraTS channel order is :data:`BRATS_MODALITIES` = ``("flair", "t1", "t1ce", "t2")`` everywhere;
+  BraTS2023 files map onto it as t2f = FLAIR, t1n = T1, t1c = T1ce, t2w = T2 (:data:`BRATS_NAMING`).
 * Volumes keep nibabel's array order ``(X, Y, Z)``; axial slices are ``volume[..., z]``
   (index 0 at the bottom), returned untransposed.
 * :func:`normalize_volume` maps each channel to [0, 1]: clip to the ``[low, high]`` percentiles
@@ -30,6 +31,9 @@ from .geometry import (Transform2D, pad_or_crop_2d, plan_fit_square, plan_pad_or
 __all__ = [
     "DataError",
     "BRATS_MODALITIES",
+    "BRATS_NAMING",
+    "BRATS_CASE_SUFFIXES",
+    "brats_modality_of",
     "IMAGE_EXTENSIONS",
     "NIFTI_EXTENSIONS",
     "load_nifti",
@@ -153,17 +157,57 @@ def load_nifti(path: str | Path, *, nan_policy: str = "raise",
 
 # ----------------------------------------------------------------------------- BraTS
 
-_BRATS_RE = re.compile(r"^(?P<case>.+?)_(?P<mod>flair|t1ce|t1|t2|seg)(?P<ext>\.nii(?:\.gz)?)$",
-                       re.IGNORECASE)
+# File-name tokens of each modality: BraTS2020/2021 (``_flair``, ``_t1``, ``_t1ce``, ``_t2``,
+# ``_seg``), BraTS2023+ (``-t2f``, ``-t1n``, ``-t1c``, ``-t2w``, ``-seg``) and the TCIA ``_t1Gd``.
+BRATS_NAMING: dict[str, tuple[str, ...]] = {
+    "flair": ("flair", "t2f"),
+    "t1": ("t1", "t1n"),
+    "t1ce": ("t1ce", "t1gd", "t1c"),
+    "t2": ("t2", "t2w"),
+    "seg": ("seg",),
+}
+# tokens that may follow a "-" as well as a "_" (BraTS2023 style); the older, shorter tokens
+# (``t1``, ``t2``) only after "_", so that e.g. ``scan-t1.nii.gz`` does not look like a BraTS case
+_DASH_TOKENS: tuple[str, ...] = ("t2f", "t1n", "t1c", "t2w", "seg")
+_BRATS2023_TOKENS = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}
+_TOKEN_TO_MOD = {tok: mod for mod, toks in BRATS_NAMING.items() for tok in toks}
+
+
+def _alternation(tokens) -> str:
+    return "|".join(sorted(tokens, key=len, reverse=True))
+
+
+_BRATS_RE = re.compile(
+    rf"^(?P<case>.+?)(?:_(?P<tok>{_alternation(_TOKEN_TO_MOD)})"
+    rf"|-(?P<dtok>{_alternation(_DASH_TOKENS)}))(?P<ext>\.nii(?:\.gz)?)$", re.IGNORECASE)
+
+#: Lower-case endings of the image files of a BraTS case (not the segmentation); a folder holding
+#: a file that ends so is a BraTS case folder (``name.lower().endswith(BRATS_CASE_SUFFIXES)``).
+BRATS_CASE_SUFFIXES: tuple[str, ...] = tuple(
+    f"{sep}{tok}{ext}" for mod in BRATS_MODALITIES for tok in BRATS_NAMING[mod]
+    for sep in (("_", "-") if tok in _DASH_TOKENS else ("_",)) for ext in NIFTI_EXTENSIONS)
+
+
+def brats_modality_of(name: str) -> str | None:
+    """The modality (``flair``, ``t1``, ``t1ce``, ``t2`` or ``seg``) a BraTS file name denotes,
+    in any of the supported namings, or None."""
+    m = _BRATS_RE.match(Path(name).name)
+    return None if m is None else _TOKEN_TO_MOD[(m["tok"] or m["dtok"]).lower()]
 
 
 def find_brats_case(folder: str | Path, *, require_seg: bool = False) -> dict[str, Path]:
     """Locate a BraTS case's files: ``{"flair", "t1", "t1ce", "t2"[, "seg"]} -> path``.
 
-    Accepts ``<case>_<modality>.nii.gz`` or ``.nii`` (BraTS2020 ``BraTS20_Training_NNN_*``,
-    BraTS2021 ``BraTS2021_NNNNN_*``); a segmentation under another name containing "seg" (as in
-    BraTS2020 case 355) is found too. A missing modality raises :class:`DataError` naming the
-    expected file.
+    Accepts ``.nii.gz`` or ``.nii`` files named (case-insensitively)
+
+    * BraTS2020/2021: ``<case>_flair``, ``_t1``, ``_t1ce``, ``_t2``, ``_seg``
+      (``BraTS20_Training_NNN_*``, ``BraTS2021_NNNNN_*``); ``_t1Gd`` / ``_t1c`` for T1ce;
+    * BraTS2023 and later: ``<case>-t2f`` (FLAIR), ``-t1n`` (T1), ``-t1c`` (T1ce, post-contrast),
+      ``-t2w`` (T2), ``-seg`` (``BraTS-GLI-00000-000-*``; ``_`` instead of ``-`` works too).
+
+    A segmentation under another name containing "seg" (as in BraTS2020 case 355) is found too.
+    A missing modality raises :class:`DataError` naming the expected file (in the naming the
+    folder uses).
     """
     root = Path(folder)
     if not root.is_dir():
@@ -171,6 +215,7 @@ def find_brats_case(folder: str | Path, *, require_seg: bool = False) -> dict[st
     found: dict[str, list[Path]] = {}
     prefixes: Counter[str] = Counter()
     exts: Counter[str] = Counter()
+    styles: Counter[str] = Counter()
     leftovers = []
     for f in sorted(root.iterdir()):
         if not f.is_file():
@@ -180,21 +225,28 @@ def find_brats_case(folder: str | Path, *, require_seg: bool = False) -> dict[st
             if is_nifti(f):
                 leftovers.append(f)
             continue
-        found.setdefault(m["mod"].lower(), []).append(f)
+        tok = (m["tok"] or m["dtok"]).lower()
+        mod = _TOKEN_TO_MOD[tok]
+        found.setdefault(mod, []).append(f)
         prefixes[m["case"]] += 1
         exts[m["ext"].lower()] += 1
+        if mod != "seg":
+            new = tok == _BRATS2023_TOKENS[mod]
+            styles[("-" if m["dtok"] else "_", "2023" if new else "2020")] += 1
     if "seg" not in found:
         segs = [f for f in leftovers if "seg" in f.name.lower()]
         if len(segs) == 1:
             found["seg"] = segs
     prefix = prefixes.most_common(1)[0][0] if prefixes else root.name
     ext = exts.most_common(1)[0][0] if exts else ".nii.gz"
+    sep, style = styles.most_common(1)[0][0] if styles else ("_", "2020")
     out: dict[str, Path] = {}
     for mod in BRATS_MODALITIES + ("seg",):
         files = found.get(mod, [])
         if not files:
             if mod != "seg" or require_seg:
-                expected = root / f"{prefix}_{mod}{ext}"
+                token = sep + (_BRATS2023_TOKENS[mod] if style == "2023" else mod)
+                expected = root / f"{prefix}{token}{ext}"
                 raise DataError(expected, f"missing BraTS modality '{mod}': expected "
                                           f"{expected.name} in {root}")
             continue
@@ -210,7 +262,9 @@ def load_brats_case(folder: str | Path, *, nan_policy: str = "raise", require_se
     """Load a BraTS case folder: ``(volume (4, X, Y, Z) float32, seg (X, Y, Z) uint8 | None,
     affine)``, channels in :data:`BRATS_MODALITIES` order, raw intensities (not normalised).
 
-    The segmentation keeps the raw BraTS labels (0, 1, 2, 4); ``seg > 0`` is the tumour mask.
+    The segmentation keeps the raw labels of the file (BraTS2020/2021: 1 necrotic core, 2 oedema, 4 enhancing
+    tumour; BraTS2023: 1, 2, 3 = enhancing tumour); ``seg > 0`` is the whole-tumour mask
+    in either naming.
     """
     files = find_brats_case(folder, require_seg=require_seg)
     vol = None

@@ -1,0 +1,140 @@
+"""More tests of the data readers and the preparation commands: BraTS2023 naming (no Qt, no
+torch)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_berdiff.core.data.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, DataError,
+                                              brats_modality_of, find_brats_case,
+                                              load_brats_case)
+
+# BraTS2023 token of each channel (FLAIR, T1, T1ce, T2) and of the labels
+TOKENS_2023 = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}
+SHAPE = (24, 20, 12)
+
+
+def write_case(folder: Path, case: str, tokens: dict[str, str], sep: str, shape=SHAPE,
+               affines: dict[str, np.ndarray] | None = None, labels=(1, 2, 3),
+               z_tumour=(5, 6)) -> dict[str, Path]:
+    """A small case: channel c holds 100 * (c + 1) in the brain, labels ``labels`` (NCR, ED, ET)
+    in slices ``z_tumour``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for c, mod in enumerate(BRATS_MODALITIES):
+        vol = np.zeros(shape, np.int16)
+        vol[4:-4, 4:-4, :] = 100 * (c + 1)
+        aff = (affines or {}).get(mod, np.eye(4))
+        files[mod] = folder / f"{case}{sep}{tokens[mod]}.nii.gz"
+        nib.save(nib.Nifti1Image(vol, aff), str(files[mod]))
+    if labels:
+        lab = np.zeros(shape, np.uint8)
+        ncr, ed, et = labels
+        for z in z_tumour:
+            lab[8:14, 8:14, z] = ed
+            lab[9:13, 9:13, z] = et
+            lab[10:12, 10:12, z] = ncr
+        files["seg"] = folder / f"{case}{sep}{tokens['seg']}.nii.gz"
+        nib.save(nib.Nifti1Image(lab, (affines or {}).get("seg", np.eye(4))), str(files["seg"]))
+    return files
+
+
+def write_2023(folder: Path, case: str = "BraTS-GLI-00000-000", **kw) -> dict[str, Path]:
+    return write_case(folder / case, case, TOKENS_2023, "-", **kw)
+
+
+def run_berdiff(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "napari_berdiff.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- BraTS2023 naming
+
+
+def test_brats2023_case_found_and_loaded_in_channel_order(tmp_path):
+    files = write_2023(tmp_path)
+    found = find_brats_case(tmp_path / "BraTS-GLI-00000-000", require_seg=True)
+    assert found == files
+    vol, seg, affine = load_brats_case(tmp_path / "BraTS-GLI-00000-000")
+    # t2f = FLAIR, t1n = T1, t1c = T1ce, t2w = T2: the BraTS2020 channel order
+    assert vol.shape == (4,) + SHAPE and [vol[c].max() for c in range(4)] == [100, 200, 300, 400]
+    # the raw BraTS2023 labels are kept; 3 (enhancing tumour) is tumour like 2020's 4
+    assert set(np.unique(seg)) == {0, 1, 2, 3}
+    assert np.count_nonzero(seg > 0) == 2 * 36
+
+
+def test_brats_naming_variants_and_missing_file_in_the_folders_naming(tmp_path):
+    for name, exp in [("BraTS-GLI-00000-000-t2f.nii.gz", "flair"), ("X-T1N.nii", "t1"),
+                      ("x_t1c.nii.gz", "t1ce"), ("TCGA-02-0006_t1Gd.nii.gz", "t1ce"),
+                      ("x_t2w.nii.gz", "t2"), ("BraTS-GLI-00000-000-seg.nii.gz", "seg"),
+                      ("BraTS20_Training_001_t1ce.nii.gz", "t1ce"), ("scan-t1.nii.gz", None),
+                      ("flair.nii.gz", None), ("x_t1.png", None)]:
+        assert brats_modality_of(name) == exp, name
+    assert "-t2f.nii.gz" in BRATS_CASE_SUFFIXES and "_flair.nii" in BRATS_CASE_SUFFIXES
+    assert not any("seg" in s for s in BRATS_CASE_SUFFIXES)
+
+    tcia = {"flair": "flair", "t1": "t1", "t1ce": "t1Gd", "t2": "t2", "seg": "seg"}
+    write_case(tmp_path / "TCGA-02-0006", "TCGA-02-0006", tcia, "_")
+    assert load_brats_case(tmp_path / "TCGA-02-0006")[0].shape == (4,) + SHAPE
+
+    files = write_2023(tmp_path / "m")
+    files["t1ce"].unlink()
+    with pytest.raises(DataError, match="BraTS-GLI-00000-000-t1c.nii.gz"):
+        find_brats_case(files["flair"].parent)
+    both = write_case(tmp_path / "amb", "c", {**TOKENS_2023, "t1ce": "t1ce"}, "_")
+    (both["t1ce"].parent / "c_t1gd.nii.gz").write_bytes(both["t1ce"].read_bytes())
+    with pytest.raises(DataError, match="ambiguous BraTS modality 't1ce'"):
+        find_brats_case(tmp_path / "amb")
+
+
+def test_brats2023_case_folders_are_found_by_detect_and_napari(tmp_path):
+    from napari_berdiff._reader import _folder_kind, _modality_of
+    from napari_berdiff.core.batch_io import _CASE_SUFFIXES, discover_inputs
+
+    assert _CASE_SUFFIXES == BRATS_CASE_SUFFIXES
+    write_2023(tmp_path / "cases")
+    items = discover_inputs([tmp_path / "cases"])
+    assert [(it.kind, it.path.name) for it in items] == [("brats_case", "BraTS-GLI-00000-000")]
+    assert _folder_kind(tmp_path / "cases" / "BraTS-GLI-00000-000") == "brats"
+    assert [_modality_of(s) for s in ("a-t2f", "a_t1ce", "a-t1c", "a_t1Gd", "a-seg", "t2")] == [
+        "flair", "t1ce", "t1ce", "t1ce", None, "t2"]
+
+
+def test_napari_reader_opens_a_brats2023_case(tmp_path):
+    pytest.importorskip("napari")
+    from napari_berdiff._reader import napari_get_reader
+
+    write_2023(tmp_path)
+    folder = str(tmp_path / "BraTS-GLI-00000-000")
+    layers = napari_get_reader(folder)(folder)
+    names = [kw["name"] for _, kw, _ in layers]
+    assert names == [f"BraTS-GLI-00000-000 {t}" for t in ("FLAIR", "T1", "T1ce", "T2")] + [
+        "BraTS-GLI-00000-000 ground truth"]
+    assert [kw["metadata"]["modality"] for _, kw, _ in layers] == list(BRATS_MODALITIES) + ["seg"]
+    assert layers[0][0].max() == 100 and layers[2][0].max() == 300
+
+
+def test_prepare_brats_reads_brats2023_and_counts_label_3_as_tumour(tmp_path):
+    from src_training.datasets import load_eval_split
+    from src_training.prepare import find_brats_cases, prepare_brats
+
+    src = tmp_path / "BraTS2023"
+    for i in range(3):
+        write_2023(src, f"BraTS-GLI-{i:05d}-000", labels=(0, 0, 3))  # enhancing tumour only
+    assert [c for c, _ in find_brats_cases(src)] == [f"BraTS-GLI-{i:05d}-000" for i in range(3)]
+    meta = prepare_brats(src, tmp_path / "p", image_size=32, drop_bottom=0, drop_top=0,
+                         split=(0.0, 0.0, 1.0), show_progress=False)
+    assert meta["counts"]["test"]["cases"] == 3 and meta["counts"]["test"]["diseased"] == 6
+    test = load_eval_split(tmp_path / "p", "test")
+    assert test.labels.max() == 1 and set(np.unique(test.raw_labels)) == {0, 3}
+    assert np.array_equal(test.labels > 0, test.raw_labels > 0)
+    assert "3 enhancing tumour (BraTS2023)" in meta["labels"]["raw"]
+
+
