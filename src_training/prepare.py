@@ -88,7 +88,7 @@ def prepare_brats(src_root: str | Path, out_dir: str | Path, *,
     """Prepare BraTS case folders under ``src_root`` into ``out_dir``; returns the meta dict.
 
     Per case: the four modalities (channel order ``flair, t1, t1ce, t2``; BraTS2023's
-    ``t2f, t1n, t1c, t2w``) are normalised per
+    ``t2f, t1n, t1c, t2w``) must share one voxel grid; they are normalised per
     volume and channel (clip to the ``low``/``high`` percentiles of the nonzero voxels, scale to
     [0, 1], background 0); axial slices ``drop_bottom : Z - drop_top`` are kept; each slice is
     zero-padded (centred) to ``image_size`` when it fits (240 -> 256), else zero-padded to a

@@ -1,5 +1,5 @@
-"""More tests of the data readers and the preparation commands: BraTS2023 naming (no Qt, no
-torch)."""
+"""More tests of the data readers and the preparation commands: BraTS2023 naming, voxel grids of a
+case (no Qt, no torch)."""
 
 from __future__ import annotations
 
@@ -136,5 +136,34 @@ def test_prepare_brats_reads_brats2023_and_counts_label_3_as_tumour(tmp_path):
     assert test.labels.max() == 1 and set(np.unique(test.raw_labels)) == {0, 3}
     assert np.array_equal(test.labels > 0, test.raw_labels > 0)
     assert "3 enhancing tumour (BraTS2023)" in meta["labels"]["raw"]
+
+
+# ----------------------------------------------------------------------------- voxel grids
+
+
+def test_case_files_on_different_grids_are_refused(tmp_path):
+    shifted = np.eye(4)
+    shifted[0, 3] = 0.5
+    write_case(tmp_path / "a", "c", TOKENS_2023, "-", affines={"t2": shifted})
+    with pytest.raises(DataError) as e:
+        load_brats_case(tmp_path / "a")
+    msg = str(e.value)
+    assert "c-t2w.nii.gz and c-t2f.nii.gz" in msg and "\n" not in msg
+    assert "0.5 mm" in msg
+
+    voxel = np.diag([1.0, 1.0, 1.2, 1.0])
+    write_case(tmp_path / "b", "c", TOKENS_2023, "-", affines={"t1": voxel})
+    with pytest.raises(DataError, match=r"c-t1n.nii.gz and c-t2f.nii.gz .*voxel sizes 1x1x1.2 mm"):
+        load_brats_case(tmp_path / "b")
+
+    write_case(tmp_path / "s", "c", TOKENS_2023, "-", affines={"seg": shifted})
+    with pytest.raises(DataError, match="c-seg.nii.gz and c-t2f.nii.gz"):
+        load_brats_case(tmp_path / "s")
+
+    tiny = np.eye(4)
+    tiny[:3, 3] = 5e-4  # float32 round-off in a header: the same grid
+    tiny[0, 0] = 1 + 5e-5
+    write_case(tmp_path / "ok", "c", TOKENS_2023, "-", affines={"t1": tiny, "seg": tiny})
+    assert load_brats_case(tmp_path / "ok")[0].shape == (4,) + SHAPE
 
 

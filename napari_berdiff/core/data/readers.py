@@ -257,12 +257,34 @@ def find_brats_case(folder: str | Path, *, require_seg: bool = False) -> dict[st
     return out
 
 
+#: Largest difference between the affines of one case's files that still counts as the same grid
+#: (``np.allclose(a, b, rtol=AFFINE_RTOL, atol=AFFINE_ATOL)``; millimetres).
+AFFINE_ATOL = 1e-3
+AFFINE_RTOL = 1e-4
+
+
+def _check_same_grid(path: Path, affine: np.ndarray, ref: Path, ref_affine: np.ndarray) -> None:
+    if np.allclose(affine, ref_affine, rtol=AFFINE_RTOL, atol=AFFINE_ATOL):
+        return
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    ref_zooms = np.sqrt((ref_affine[:3, :3] ** 2).sum(axis=0))
+    if not np.allclose(zooms, ref_zooms, rtol=AFFINE_RTOL, atol=AFFINE_ATOL):
+        what = (f"voxel sizes {'x'.join(f'{z:g}' for z in zooms)} mm vs "
+                f"{'x'.join(f'{z:g}' for z in ref_zooms)} mm")
+    else:
+        what = f"affines differ by up to {float(np.abs(affine - ref_affine).max()):.4g} mm"
+    raise DataError(path, f"{path.name} and {ref.name} are not on the same voxel grid ({what}); "
+                          "resample the case's files onto one grid first")
+
+
 def load_brats_case(folder: str | Path, *, nan_policy: str = "raise", require_seg: bool = False,
                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Load a BraTS case folder: ``(volume (4, X, Y, Z) float32, seg (X, Y, Z) uint8 | None,
     affine)``, channels in :data:`BRATS_MODALITIES` order, raw intensities (not normalised).
 
-    The segmentation keeps the raw labels of the file (BraTS2020/2021: 1 necrotic core, 2 oedema, 4 enhancing
+    All files must share the array shape and the affine (within :data:`AFFINE_ATOL` mm /
+    :data:`AFFINE_RTOL` relative), else :class:`DataError` names the two files. The segmentation
+    keeps the raw labels of the file (BraTS2020/2021: 1 necrotic core, 2 oedema, 4 enhancing
     tumour; BraTS2023: 1, 2, 3 = enhancing tumour); ``seg > 0`` is the whole-tumour mask
     in either naming.
     """
@@ -278,13 +300,16 @@ def load_brats_case(folder: str | Path, *, nan_policy: str = "raise", require_se
         elif data.shape != vol.shape[1:]:
             raise DataError(files[mod], f"{files[mod].name} has shape {data.shape}, but "
                                         f"{ref.name} has {vol.shape[1:]}")
+        else:
+            _check_same_grid(files[mod], aff, ref, affine)
         vol[c] = data
     seg = None
     if "seg" in files:
-        s, _, _ = load_nifti(files["seg"], nan_policy=nan_policy, ndim=3)
+        s, s_aff, _ = load_nifti(files["seg"], nan_policy=nan_policy, ndim=3)
         if s.shape != vol.shape[1:]:
             raise DataError(files["seg"], f"{files['seg'].name} has shape {s.shape}, but "
                                           f"{ref.name} has {vol.shape[1:]}")
+        _check_same_grid(files["seg"], s_aff, ref, affine)
         r = np.rint(s)
         if np.any(np.abs(s - r) > 1e-3) or r.min() < 0 or r.max() > 255:
             raise DataError(files["seg"], f"{files['seg'].name} is not a label image "
