@@ -27,9 +27,9 @@ import numpy as np
 from napari_berdiff.core.data.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, DataError,
                                               find_brats_case, is_image, is_nifti,
                                               load_brats_case, load_nifti)
-from src_training.prepare_common import (NORMALISATION_DOC, assign_split, check_params,
-                                         finish, image_job, split_writers, parallel_map, progress,
-                                         split_by_group, volume_to_slices)
+from src_training.prepare_common import (IMAGE_SCALING_DOC, NORMALISATION_DOC, assign_split,
+                                         check_params, finish, image_job, split_writers,
+                                         parallel_map, progress, split_by_group, volume_to_slices)
 from src_training.prepare_oct import prepare_oct
 from src_training.prepared_format import atomic_output_dir, check_can_write
 
@@ -247,9 +247,9 @@ def prepare_folder(src_root: str | Path, out_dir: str | Path, *, image_size: int
         meta = {"dataset": "folder", "channels": [f"c{i}" for i in range(channels)]
                 if channels > 1 else ["image"], "image_size": int(image_size),
                 "source": str(root.resolve()),
-                "normalisation": {"method": "percentile_clip_nonzero (NIfTI); dtype range "
+                "normalisation": {"method": "percentile_clip_nonzero (NIfTI); bit depth "
                                             "(images)", "low": float(low), "high": float(high),
-                                  "doc": NORMALISATION_DOC},
+                                  "doc": NORMALISATION_DOC, "images": IMAGE_SCALING_DOC},
                 "geometry": {"slice_axis": 2, "drop_bottom": int(drop_bottom),
                              "drop_top": int(drop_top), "keep_aspect": bool(keep_aspect),
                              "transforms": list(transforms.values())[:20]},

@@ -18,6 +18,9 @@ from src_training.prepared_format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, 
 
 NORMALISATION_DOC = ("per volume and channel: clip to the [low, high] percentiles of the nonzero "
                      "(foreground) voxels, scale linearly to [0, 1]; background (0) stays 0")
+IMAGE_SCALING_DOC = ("integers / (2**b - 1) for the smallest b of 8, 10, 12, 14, 16 bits that "
+                     "holds the image's maximum (8-bit: / 255); floats in [0, 1] kept, others "
+                     "min-max; RGB -> gray (ITU-R 709)")
 
 
 def assign_split(ids: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, list[str]]:

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from napari_berdiff.core.data.readers import DataError, is_image
-from src_training.prepare_common import (check_params, finish, image_job, split_writers,
-                                         parallel_map, progress, split_by_group)
+from src_training.prepare_common import (IMAGE_SCALING_DOC, check_params, finish, image_job,
+                                         parallel_map, progress, split_by_group, split_writers)
 from src_training.prepared_format import atomic_output_dir, check_can_write
 
 __all__ = ["prepare_oct", "find_oct_images", "OCT_CLASSES", "HEALTHY_CLASS"]
@@ -171,8 +171,7 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
                       **{s: [str(t[1].relative_to(base)) for t in assign[s]] for s in assign}}
         meta = {"dataset": "oct", "channels": ["oct"], "image_size": int(image_size),
                 "source": str(base.resolve()),
-                "normalisation": {"method": "dtype range", "doc": "8-bit / 255, 16-bit / "
-                                  "65535, RGB -> gray (ITU-R 709)"},
+                "normalisation": {"method": "bit depth", "doc": IMAGE_SCALING_DOC},
                 "geometry": {"keep_aspect": bool(keep_aspect),
                              "transforms": list(transforms.values())[:20]},
                 "labels": {"binary": "mask > 0 (from <CLASS>_masks/<stem>.png)",

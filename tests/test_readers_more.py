@@ -1,5 +1,5 @@
 """More tests of the data readers and the preparation commands: BraTS2023 naming, voxel grids of a
-case (no Qt, no torch)."""
+case, bit depth of integer images, multi-page TIFFs (no Qt, no torch)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import tifffile
+from PIL import Image
 
 from napari_berdiff.core.data.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, DataError,
                                               brats_modality_of, find_brats_case,
-                                              load_brats_case)
+                                              image_bit_depth, load_brats_case, load_image_2d)
 
 # BraTS2023 token of each channel (FLAIR, T1, T1ce, T2) and of the labels
 TOKENS_2023 = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}
@@ -165,5 +167,45 @@ def test_case_files_on_different_grids_are_refused(tmp_path):
     tiny[0, 0] = 1 + 5e-5
     write_case(tmp_path / "ok", "c", TOKENS_2023, "-", affines={"t1": tiny, "seg": tiny})
     assert load_brats_case(tmp_path / "ok")[0].shape == (4,) + SHAPE
+
+
+# ----------------------------------------------------------------------------- bit depth
+
+
+@pytest.mark.parametrize("top, bits", [(255, 8), (256, 10), (1020, 10), (1023, 10), (1024, 12),
+                                       (4095, 12), (4096, 14), (16384, 16), (65535, 16)])
+def test_bit_depth_of_16_bit_images(tmp_path, top, bits):
+    a = np.zeros((6, 8), np.uint16)
+    a[:, 4:] = top
+    a[0, 0] = top // 2
+    assert image_bit_depth(a) == bits
+    for name in ("x.png", "x.tif"):
+        Image.fromarray(a).save(tmp_path / name) if name.endswith(".png") else \
+            tifffile.imwrite(tmp_path / name, a)
+        x = load_image_2d(tmp_path / name)
+        np.testing.assert_allclose(x, a / (2 ** bits - 1), atol=1e-6)
+
+
+def test_8_bit_images_keep_255_and_signed_images(tmp_path):
+    dark = np.full((5, 5), 3, np.uint8)
+    assert image_bit_depth(dark) == 8
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    np.testing.assert_allclose(load_image_2d(tmp_path / "dark.png"), 3 / 255, atol=1e-7)
+    pos = np.full((4, 4), 1000, np.int16)
+    tifffile.imwrite(tmp_path / "pos.tif", pos)
+    np.testing.assert_allclose(load_image_2d(tmp_path / "pos.tif"), 1000 / 1023, atol=1e-6)
+    neg = np.array([[-10, 0], [10, 30]], np.int16)
+    tifffile.imwrite(tmp_path / "neg.tif", neg)
+    np.testing.assert_allclose(load_image_2d(tmp_path / "neg.tif"), (neg + 10) / 40, atol=1e-6)
+
+
+def test_audit_dark_16_bit_tiff_is_not_near_black(tmp_path):
+    """A 16-bit OCT scan using values up to 1020 (10-bit data) reads like its 8-bit original."""
+    im = np.random.default_rng(0).integers(0, 256, (48, 64)).astype(np.uint8)
+    im[0, 0] = 255
+    tifffile.imwrite(tmp_path / "dark.tif", im.astype(np.uint16) * 4)
+    Image.fromarray(im).save(tmp_path / "ref.png")
+    x, ref = load_image_2d(tmp_path / "dark.tif"), load_image_2d(tmp_path / "ref.png")
+    assert x.max() > 0.99 and np.abs(x - ref).max() < 0.005
 
 

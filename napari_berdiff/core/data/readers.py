@@ -40,6 +40,7 @@ __all__ = [
     "find_brats_case",
     "load_brats_case",
     "load_image_2d",
+    "image_bit_depth",
     "normalize_volume",
     "is_nifti",
     "is_image",
@@ -326,10 +327,15 @@ _GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], dtype=np.float64)  # as skima
 def load_image_2d(path: str | Path, *, gray: bool = True) -> np.ndarray:
     """Read a PNG / JPEG / TIFF / BMP image as float32 in [0, 1].
 
-    Integer images are scaled by their dtype's range (8-bit / 255, 16-bit / 65535); float images
-    already within [0, 1] are kept, others are min-max scaled. With ``gray=True`` (default) RGB(A)
-    is converted to gray with the ITU-R 709 weights (alpha dropped) and the result is ``(H, W)``;
-    with ``gray=False`` colour images are ``(H, W, 3)`` and gray ones ``(H, W)``.
+    Scaling (:func:`image_bit_depth`): 8-bit images are divided by 255. Wider unsigned integer
+    images (and signed ones without negative values) are divided by ``2**b - 1`` for the
+    smallest ``b`` of 8, 10, 12, 14, 16 bits that holds their maximum, so that 10-, 12- or
+    14-bit data stored in 16-bit files is not read as a near-black image (a 16-bit file whose
+    values stay <= 1023 is read as 10-bit data: / 1023; one with values above 16383 as 16-bit:
+    / 65535). Float images already within [0, 1] are kept; other floats and signed integers with
+    negative values are min-max scaled. With ``gray=True`` (default) RGB(A) is converted to gray
+    with the ITU-R 709 weights (alpha dropped) and the result is ``(H, W)``; with ``gray=False``
+    colour images are ``(H, W, 3)`` and gray ones ``(H, W)``.
     """
     p = _check_file(path, "image file")
     try:
@@ -358,17 +364,35 @@ def load_image_2d(path: str | Path, *, gray: bool = True) -> np.ndarray:
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
+_BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def image_bit_depth(arr: np.ndarray) -> int:
+    """The bit depth an integer image is scaled by in :func:`load_image_2d`: 8 for 8-bit arrays,
+    else the smallest of 8, 10, 12, 14, 16 bits that holds the maximum value (beyond 16 bits: the
+    dtype's width)."""
+    dt = np.dtype(arr.dtype)
+    if dt.itemsize == 1:
+        return 8
+    top = int(arr.max()) if arr.size else 0
+    for bits in _BIT_DEPTHS:
+        if top < 2 ** bits:
+            return bits
+    return 8 * dt.itemsize - (1 if np.issubdtype(dt, np.signedinteger) else 0)
+
+
 def _to_unit_range(arr: np.ndarray, p: Path) -> np.ndarray:
     if arr.dtype == bool:
         return arr.astype(np.float64)
-    if np.issubdtype(arr.dtype, np.unsignedinteger):
-        return arr.astype(np.float64) / float(np.iinfo(arr.dtype).max)
+    if np.issubdtype(arr.dtype, np.integer) and (
+            np.issubdtype(arr.dtype, np.unsignedinteger) or arr.size == 0 or arr.min() >= 0):
+        return arr.astype(np.float64) / float(2 ** image_bit_depth(arr) - 1)
     x = arr.astype(np.float64)
     if not np.all(np.isfinite(x)):
         raise DataError(p, f"{p.name} contains non-finite pixel values")
     if np.issubdtype(arr.dtype, np.floating) and x.min() >= 0.0 and x.max() <= 1.0:
         return x
-    lo, hi = float(x.min()), float(x.max())  # signed integers / out-of-range floats
+    lo, hi = float(x.min()), float(x.max())  # signed integers with negatives / other floats
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
