@@ -209,3 +209,47 @@ def test_audit_dark_16_bit_tiff_is_not_near_black(tmp_path):
     assert x.max() > 0.99 and np.abs(x - ref).max() < 0.005
 
 
+# ----------------------------------------------------------------------------- TIFF pages
+
+
+@pytest.mark.parametrize("pages", [2, 3, 4, 5])
+def test_multi_page_tiffs_are_refused_not_read_as_colour(tmp_path, pages):
+    im = np.random.default_rng(pages).integers(0, 256, (30, 40)).astype(np.uint8)
+    stack = np.stack([im] * pages)
+    tifffile.imwrite(tmp_path / "pages.tif", stack, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True)
+    Image.fromarray(im).save(tmp_path / "pil.tiff", save_all=True,
+                             append_images=[Image.fromarray(im)] * (pages - 1))
+    for name in ("pages.tif", "ij.tif", "pil.tiff"):
+        with pytest.raises(DataError, match=rf"{name} is a multi-page TIFF \({pages} pages of "
+                                            r"30x40\): expected a single 2D image"):
+            load_image_2d(tmp_path / name)
+
+
+@pytest.mark.parametrize("planes", [3, 4])
+def test_planar_tiff_stack_as_tifffile_writes_it_is_refused(tmp_path, planes):
+    """tifffile.imwrite(np.stack([b1, b2, b3])) stores one page with 3 separate planes (the
+    audit's OCT stack); skimage read it as an RGB image and collapsed it to gray."""
+    im = np.random.default_rng(0).integers(0, 256, (30, 40)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([im] * planes))
+    with pytest.raises(DataError, match=f"stack.tif holds {planes} planes of 30x40"):
+        load_image_2d(tmp_path / "stack.tif")
+
+
+def test_single_page_tiffs_still_read(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (30, 40, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb)
+    assert load_image_2d(tmp_path / "rgb.tif", gray=False).shape == (30, 40, 3)
+    np.testing.assert_allclose(load_image_2d(tmp_path / "rgb.tif"),
+                               rgb / 255.0 @ np.array([0.2125, 0.7154, 0.0721]), atol=1e-5)
+    g = rng.integers(0, 256, (30, 40)).astype(np.uint8)
+    Image.fromarray(g).save(tmp_path / "lzw.tif", compression="tiff_lzw")  # Pillow fallback
+    np.testing.assert_allclose(load_image_2d(tmp_path / "lzw.tif"), g / 255.0, atol=1e-6)
+    tifffile.imwrite(tmp_path / "one.tif", g[None])  # (1, H, W): one page
+    np.testing.assert_allclose(load_image_2d(tmp_path / "one.tif"), g / 255.0, atol=1e-6)
+    (tmp_path / "text.tif").write_text("not a tiff\n")
+    with pytest.raises(DataError, match="cannot read text.tif as an image"):
+        load_image_2d(tmp_path / "text.tif")
+
+

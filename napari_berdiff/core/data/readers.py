@@ -336,17 +336,22 @@ def load_image_2d(path: str | Path, *, gray: bool = True) -> np.ndarray:
     negative values are min-max scaled. With ``gray=True`` (default) RGB(A) is converted to gray
     with the ITU-R 709 weights (alpha dropped) and the result is ``(H, W)``; with ``gray=False``
     colour images are ``(H, W, 3)`` and gray ones ``(H, W)``.
+
+    A TIFF must hold one image: multi-page TIFFs (stacks, e.g. OCT volumes) and TIFFs with
+    separate colour planes are refused with a :class:`DataError` rather than read as colour.
     """
     p = _check_file(path, "image file")
-    try:
-        from skimage import io as skio
+    if p.name.lower().endswith((".tif", ".tiff")):
+        arr = _read_tiff(p)
+    else:
+        try:
+            from skimage import io as skio
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = np.asarray(skio.imread(str(p)))
-    except Exception as e:
-        raise DataError(p, f"cannot read {p.name} as an image (corrupt or unsupported: "
-                           f"{type(e).__name__}: {e})") from e
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arr = np.asarray(skio.imread(str(p)))
+        except Exception as e:
+            raise _unreadable(p, e) from e
     if arr.dtype == object or arr.size == 0:
         raise DataError(p, f"cannot read {p.name} as an image (no pixel data)")
     while arr.ndim > 2 and arr.shape[0] == 1:
@@ -362,6 +367,73 @@ def load_image_2d(path: str | Path, *, gray: bool = True) -> np.ndarray:
         if gray:
             x = x @ _GRAY_WEIGHTS
     return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def _multi_page_error(p: Path, n: int, shape) -> DataError:
+    size = "x".join(str(int(s)) for s in shape)
+    return DataError(p, f"{p.name} is a multi-page TIFF ({n} pages of {size}): expected a single "
+                        "2D image; save each page (B-scan, slice) as its own file")
+
+
+def _read_tiff(p: Path) -> np.ndarray:
+    """One TIFF image with tifffile, telling pages from colour samples (skimage's imread turns a
+    3- or 4-page stack into an RGB(A) image). Falls back to Pillow for compressions tifffile
+    cannot decode without imagecodecs (LZW, JPEG)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(p)) as tif:
+            pages, n_main = tif.pages, 0
+            for page in pages:  # full-resolution pages; stop at the second
+                if not getattr(page, "is_reduced", False):
+                    n_main += 1
+                    if n_main > 1:
+                        break
+            series = tif.series[0]
+            shape, axes = tuple(series.shape), series.axes
+            if n_main > 1:
+                yx = [s for s, a in zip(shape, axes) if a in "YX"]
+                raise _multi_page_error(p, len(pages), yx or pages[0].shape)
+            kept = [(s, a) for s, a in zip(shape, axes) if s > 1]
+            if kept and kept[0][1] == "S":
+                size = "x".join(str(s) for s, _ in kept[1:])
+                raise DataError(p, f"{p.name} holds {kept[0][0]} planes of {size} stored "
+                                   "separately (a planar TIFF, as tifffile.imwrite makes of a "
+                                   "(3, H, W) stack): expected a single 2D image; save each "
+                                   "plane as its own file, or colour as interleaved RGB")
+            others = [a for _, a in kept if a not in "YXS"]
+            if others:
+                yx = [s for s, a in kept if a in "YX"]
+                n = int(np.prod([s for s, a in kept if a not in "YXS"]))
+                raise _multi_page_error(p, n, yx)
+            return np.asarray(series.asarray())
+    except DataError:
+        raise
+    except Exception as first:  # not a TIFF tifffile can decode: try Pillow
+        return _read_with_pillow(p, first)
+
+
+def _read_with_pillow(p: Path, first: Exception) -> np.ndarray:
+    try:
+        from PIL import Image
+
+        with Image.open(str(p)) as im:
+            n = int(getattr(im, "n_frames", 1))
+            if n > 1:
+                raise _multi_page_error(p, n, im.size[::-1])
+            if im.mode == "P":
+                im = im.convert("RGBA")
+            return np.asarray(im)
+    except DataError:
+        raise
+    except Exception:
+        raise _unreadable(p, first) from first
+
+
+def _unreadable(p: Path, e: Exception) -> DataError:
+    reason = " ".join(str(e).split())  # one line (imageio's messages span several)
+    return DataError(p, f"cannot read {p.name} as an image (corrupt or unsupported: "
+                        f"{type(e).__name__}: {reason})")
 
 
 _BIT_DEPTHS = (8, 10, 12, 14, 16)
