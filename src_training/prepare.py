@@ -18,7 +18,6 @@ Command line::
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,7 +28,8 @@ from napari_berdiff.core.data.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALIT
                                               load_brats_case, load_nifti)
 from src_training.prepare_common import (IMAGE_SCALING_DOC, NORMALISATION_DOC, assign_split,
                                          check_params, finish, image_job, split_writers,
-                                         parallel_map, progress, split_by_group, volume_to_slices)
+                                         parallel_map, progress, skip_or_raise, split_by_group,
+                                         volume_to_slices)
 from src_training.prepare_oct import prepare_oct
 from src_training.prepared_format import atomic_output_dir, check_can_write
 
@@ -56,13 +56,6 @@ def find_brats_cases(src_root: str | Path) -> list[tuple[str, Path]]:
         raise DataError(root, f"no BraTS case folders (with *_flair.nii.gz etc., or BraTS2023 "
                               f"*-t2f.nii.gz etc.) under {root}")
     return sorted(cases.items())
-
-
-def _skip(skipped: list, name: str, err: DataError, skip_bad: bool) -> None:
-    if not skip_bad:
-        raise err
-    skipped.append({"case": name, "file": str(err.path), "error": str(err)})
-    warnings.warn(f"skipping {name}: {err}", stacklevel=3)
 
 
 _RAW_LABELS_DOC = ("the BraTS labels as in the files: 1 necrotic core, 2 oedema, 4 enhancing "
@@ -122,7 +115,7 @@ def prepare_brats(src_root: str | Path, out_dir: str | Path, *,
                            show_progress)
         for cid, res in zip(ids, results):
             if isinstance(res, DataError):
-                _skip(skipped, cid, res, skip_bad)
+                skip_or_raise(skipped, cid, res, skip_bad)
                 continue
             s = which[cid]
             shapes.add(tuple(res["in_plane_shape"]))
@@ -231,7 +224,7 @@ def prepare_folder(src_root: str | Path, out_dir: str | Path, *, image_size: int
                            show_progress)
         for name, res in zip(rel, results):
             if isinstance(res, DataError):
-                _skip(skipped, name, res, skip_bad)
+                skip_or_raise(skipped, name, res, skip_bad)
                 continue
             images, _, tf = res
             transforms.setdefault(str(tf["in_shape"]), tf)

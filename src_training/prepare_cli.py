@@ -33,6 +33,9 @@ def add_kind_parsers(sub, name_format: str = "{}") -> dict:
     o.add_argument("--normal-test-fraction", type=float, default=0.0,
                    help="flat layout: share of the NORMAL patients held out as healthy test images "
                         "(default 0: all non-val NORMAL images train)")
+    o.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable images (listed at the end and in meta.json) "
+                        "instead of stopping at the first")
     f = sub.add_parser(name_format.format("folder"), parents=[common],
                        help="prepare any folder of NIfTI volumes or images as healthy training data")
     f.add_argument("--channels", type=int, default=1)
@@ -42,7 +45,9 @@ def add_kind_parsers(sub, name_format: str = "{}") -> dict:
     f.add_argument("--drop-top", type=int, default=0)
     for p in (b, f):
         p.add_argument("--nan-policy", choices=("raise", "zero"), default="raise")
-        p.add_argument("--skip-bad", action="store_true")
+        p.add_argument("--skip-bad", action="store_true",
+                       help="leave out unreadable inputs (listed at the end and in meta.json) "
+                            "instead of stopping at the first")
     for kind, p in (("brats", b), ("oct", o), ("folder", f)):
         p.set_defaults(kind=kind)
     return {"brats": b, "oct": o, "folder": f}
@@ -74,7 +79,7 @@ def run_args(a: argparse.Namespace) -> int:
             meta = prepare_oct(a.src, a.out, keep_aspect=a.keep_aspect,
                                val_fraction=a.val_fraction, max_per_class=a.max_per_class,
                                normal_test_fraction=a.normal_test_fraction,
-                               **common)
+                               skip_bad=a.skip_bad, **common)
         else:
             meta = prepare_folder(a.src, a.out, channels=a.channels, keep_aspect=a.keep_aspect,
                                   val_fraction=a.val_fraction, drop_bottom=a.drop_bottom,

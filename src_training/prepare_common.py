@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -154,6 +155,15 @@ def image_job(args: tuple) -> Any:
         return images, mask, tf.to_dict()
     except DataError as e:
         return e
+
+
+def skip_or_raise(skipped: list, name: str, err: DataError, skip_bad: bool) -> None:
+    """Raise ``err``, or with ``skip_bad`` record it in ``skipped`` (``case`` = ``name``,
+    ``file``, ``error``) and warn (``skipping NAME: ...``)."""
+    if not skip_bad:
+        raise err
+    skipped.append({"case": name, "file": str(err.path), "error": str(err)})
+    warnings.warn(f"skipping {name}: {err}", stacklevel=3)
 
 
 def check_params(image_size: int, low: float = 0.0, high: float = 100.0) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 
 from napari_berdiff.core.data.readers import DataError, is_image
 from src_training.prepare_common import (IMAGE_SCALING_DOC, check_params, finish, image_job,
-                                         parallel_map, progress, split_by_group, split_writers)
+                                         parallel_map, progress, skip_or_raise, split_by_group,
+                                         split_writers)
 from src_training.prepared_format import atomic_output_dir, check_can_write
 
 __all__ = ["prepare_oct", "find_oct_images", "OCT_CLASSES", "HEALTHY_CLASS"]
@@ -84,7 +85,7 @@ def _ids(path: Path) -> tuple[str, int]:
 def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 256,
                 keep_aspect: bool = False, val_fraction: float = 0.1, seed: int = 0,
                 overwrite: bool = False, max_per_class: int | None = None,
-                normal_test_fraction: float = 0.0, workers: int = 0,
+                normal_test_fraction: float = 0.0, skip_bad: bool = False, workers: int = 0,
                 show_progress: bool = True) -> dict[str, Any]:
     """Prepare OCT2017 scans into ``out_dir`` (1 channel); returns the meta dict.
 
@@ -101,6 +102,10 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
       rest to test, the rest to train; every other class -> ``val_fraction`` to val, rest to test.
     * Kermany layout: ``train/NORMAL`` as above (without the test share); ``val_fraction`` of each
       other ``train/`` class to val (the rest unused); ``val/`` -> val; ``test/`` -> test.
+
+    An unreadable image or mask raises :class:`DataError` naming it, and nothing is written,
+    unless ``skip_bad=True``: the image is then left out (with a warning) and listed under
+    ``skipped`` in meta.json and split.json (``case`` = its path relative to ``src_root``).
     """
     check_params(image_size)
     for name, f in (("val_fraction", val_fraction), ("normal_test_fraction", normal_test_fraction)):
@@ -143,6 +148,7 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
               "normal_test_fraction": float(normal_test_fraction),
               "max_per_class": max_per_class, "seed": int(seed)}
     per_class = {s: {} for s in assign}
+    skipped: list[dict] = []
     transforms: dict[str, Any] = {}
     with atomic_output_dir(out, overwrite) as tmp, \
          split_writers(tmp, 1, image_size, raw_labels=False) as writers:
@@ -153,7 +159,8 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
                            show_progress)
         for (s, (cls, img, mask)), res in zip(order, results):
             if isinstance(res, DataError):
-                raise res
+                skip_or_raise(skipped, str(img.relative_to(base)), res, skip_bad)
+                continue
             images, m, tf = res
             transforms.setdefault(str(tf["in_shape"]), tf)
             pid, n = _ids(img)
@@ -165,10 +172,13 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
                                healthy=cls == HEALTHY_CLASS, class_name=cls,
                                has_mask=m is not None, source=str(img.relative_to(base)))
             per_class[s][cls] = per_class[s].get(cls, 0) + 1
+        bad = {d["case"] for d in skipped}
         split_info = {"dataset": "oct", "seed": int(seed), "params": params,
                       "source": str(base.resolve()),
                       "layout": "flat" if "" in layout else "kermany",
-                      **{s: [str(t[1].relative_to(base)) for t in assign[s]] for s in assign}}
+                      **{s: [r for r in (str(t[1].relative_to(base)) for t in assign[s])
+                             if r not in bad] for s in assign},
+                      "skipped": skipped}
         meta = {"dataset": "oct", "channels": ["oct"], "image_size": int(image_size),
                 "source": str(base.resolve()),
                 "normalisation": {"method": "bit depth", "doc": IMAGE_SCALING_DOC},
@@ -178,7 +188,7 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
                            "healthy": f"class {HEALTHY_CLASS}"},
                 "classes": sorted({c for cl in layout.values() for c in cl}),
                 "split": {"seed": int(seed), "by": "patient", **params},
-                "skipped": []}
+                "skipped": skipped}
         extra = {s: {"classes": per_class[s]} for s in per_class}
         extra["train"]["diseased_unused"] = unused
         meta = finish(tmp, writers, meta, split_info, extra)

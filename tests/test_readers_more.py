@@ -1,5 +1,6 @@
 """More tests of the data readers and the preparation commands: BraTS2023 naming, voxel grids of a
-case, bit depth of integer images, multi-page TIFFs (no Qt, no torch)."""
+case, bit depth of integer images, multi-page TIFFs, ``prepare-oct --skip-bad`` and the messages of
+``berdiff prepare-*`` (no Qt, no torch)."""
 
 from __future__ import annotations
 
@@ -251,5 +252,37 @@ def test_single_page_tiffs_still_read(tmp_path):
     (tmp_path / "text.tif").write_text("not a tiff\n")
     with pytest.raises(DataError, match="cannot read text.tif as an image"):
         load_image_2d(tmp_path / "text.tif")
+
+
+# ----------------------------------------------------------------------------- prepare-*
+
+
+def write_oct_tree(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for cls, n in (("NORMAL", 4), ("DRUSEN", 2)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            im = rng.integers(0, 256, (40, 48)).astype(np.uint8)
+            Image.fromarray(im).save(root / cls / f"{cls}-{100 + i}-1.jpeg", quality=95)
+    raw = (root / "NORMAL" / "NORMAL-100-1.jpeg").read_bytes()
+    (root / "NORMAL" / "NORMAL-999-1.jpeg").write_bytes(raw[: len(raw) // 3])  # truncated
+
+
+def test_prepare_oct_skip_bad(tmp_path):
+    from src_training.prepare import prepare_oct
+
+    write_oct_tree(tmp_path / "oct")
+    out = tmp_path / "p"
+    with pytest.raises(DataError, match="NORMAL-999-1.jpeg"):
+        prepare_oct(tmp_path / "oct", out, image_size=16, val_fraction=0.0, show_progress=False)
+    assert not out.exists()
+    with pytest.warns(UserWarning, match="skipping NORMAL/NORMAL-999-1.jpeg"):
+        meta = prepare_oct(tmp_path / "oct", out, image_size=16, val_fraction=0.0,
+                           skip_bad=True, show_progress=False)
+    assert [d["case"] for d in meta["skipped"]] == ["NORMAL/NORMAL-999-1.jpeg"]
+    assert meta["counts"]["train"]["count"] == 4 and meta["counts"]["test"]["count"] == 2
+    split = json.loads((out / "split.json").read_text())
+    assert "NORMAL/NORMAL-999-1.jpeg" not in split["train"] and split["skipped"] == meta["skipped"]
+    assert json.loads((out / "meta.json").read_text())["skipped"] == meta["skipped"]
 
 
