@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 
@@ -49,7 +50,7 @@ def add_kind_parsers(sub, name_format: str = "{}") -> dict:
                        help="leave out unreadable inputs (listed at the end and in meta.json) "
                             "instead of stopping at the first")
     for kind, p in (("brats", b), ("oct", o), ("folder", f)):
-        p.set_defaults(kind=kind)
+        p.set_defaults(kind=kind, prog=p.prog)
     return {"brats": b, "oct": o, "folder": f}
 
 
@@ -61,38 +62,80 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_args(_parser().parse_args(argv))
+    """``python -m src_training.prepare``: bad input ends in one line on stderr, exit status 2."""
+    a = _parser().parse_args(argv)
+    try:
+        return run_args(a)
+    except KeyboardInterrupt:
+        print(f"{a.prog}: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, OSError) as e:
+        print(f"{a.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+class CLIError(ValueError):
+    """Bad input to a prepare command: reported as one line, exit status 2."""
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _warn_line(prog: str):
+    """A ``warnings.showwarning`` printing ``PROG: warning: MESSAGE`` (no source line), above
+    the progress bar when there is one."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = f"{prog}: warning: {_one_line(message)}"
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stderr)
+        except ImportError:  # pragma: no cover
+            print(text, file=sys.stderr)
+    return show
 
 
 def run_args(a: argparse.Namespace) -> int:
-    """Run a parsed prepare command (see :func:`add_kind_parsers`)."""
+    """Run a parsed prepare command (see :func:`add_kind_parsers`). Bad input (a missing or
+    unreadable source, an existing output without ``--overwrite``, a bad option value) raises
+    :class:`CLIError` (a ValueError) with a one-line message; warnings print as one line each."""
     from src_training.prepare import DataError, prepare_brats, prepare_folder, prepare_oct
 
+    prog = getattr(a, "prog", None) or f"prepare-{a.kind}"
     common = dict(seed=a.seed, image_size=a.image_size, overwrite=a.overwrite,
                   workers=a.workers, show_progress=not a.quiet)
-    try:
-        if a.kind == "brats":
-            meta = prepare_brats(a.src, a.out, split=tuple(a.split), drop_bottom=a.drop_bottom,
-                                 drop_top=a.drop_top, nan_policy=a.nan_policy,
-                                 skip_bad=a.skip_bad, **common)
-        elif a.kind == "oct":
-            meta = prepare_oct(a.src, a.out, keep_aspect=a.keep_aspect,
-                               val_fraction=a.val_fraction, max_per_class=a.max_per_class,
-                               normal_test_fraction=a.normal_test_fraction,
-                               skip_bad=a.skip_bad, **common)
-        else:
-            meta = prepare_folder(a.src, a.out, channels=a.channels, keep_aspect=a.keep_aspect,
-                                  val_fraction=a.val_fraction, drop_bottom=a.drop_bottom,
-                                  drop_top=a.drop_top, nan_policy=a.nan_policy,
-                                  skip_bad=a.skip_bad, **common)
-    except (DataError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = _warn_line(prog)
+        try:
+            if a.kind == "brats":
+                meta = prepare_brats(a.src, a.out, split=tuple(a.split),
+                                     drop_bottom=a.drop_bottom, drop_top=a.drop_top,
+                                     nan_policy=a.nan_policy, skip_bad=a.skip_bad, **common)
+            elif a.kind == "oct":
+                meta = prepare_oct(a.src, a.out, keep_aspect=a.keep_aspect,
+                                   val_fraction=a.val_fraction, max_per_class=a.max_per_class,
+                                   normal_test_fraction=a.normal_test_fraction,
+                                   skip_bad=a.skip_bad, **common)
+            else:
+                meta = prepare_folder(a.src, a.out, channels=a.channels,
+                                      keep_aspect=a.keep_aspect, val_fraction=a.val_fraction,
+                                      drop_bottom=a.drop_bottom, drop_top=a.drop_top,
+                                      nan_policy=a.nan_policy, skip_bad=a.skip_bad, **common)
+        except FileExistsError as e:
+            raise CLIError(_one_line(e).replace("pass overwrite=True (--overwrite)",
+                                                "pass --overwrite")) from None
+        except (DataError, ValueError, OSError) as e:
+            raise CLIError(_one_line(e)) from None
     print(f"wrote {meta['out_dir']}")
     for s, c in meta["counts"].items():
         print(f"  {s:5s}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
-    for d in meta.get("skipped", []):
-        print(f"  skipped {d['case']}: {d['error']}")
+    skipped = meta.get("skipped", [])
+    if skipped:
+        what = "case(s)" if a.kind == "brats" else "file(s)"
+        print(f"  skipped {len(skipped)} unreadable {what} (see meta.json): "
+              + ", ".join(d["case"] for d in skipped))
     return 0
 
 

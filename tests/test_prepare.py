@@ -196,7 +196,7 @@ def test_no_overwrite_without_flag(brats_tree, tmp_path):
     meta = prepare_brats(src, out, image_size=40, overwrite=True, show_progress=False)
     assert meta["image_size"] == 40 and np.load(out / "train_healthy.npy").shape[-1] == 40
     assert not leftovers(out)
-    assert main(["brats", str(src), str(out), "--image-size", "48", "--quiet"]) == 1
+    assert main(["brats", str(src), str(out), "--image-size", "48", "--quiet"]) == 2
 
 
 def test_prepared_dataset(brats_prepared):

@@ -286,3 +286,44 @@ def test_prepare_oct_skip_bad(tmp_path):
     assert json.loads((out / "meta.json").read_text())["skipped"] == meta["skipped"]
 
 
+def test_berdiff_prepare_messages(tmp_path):
+    """One line ``berdiff prepare-X: error: ...``, exit status 2; warnings and skipped files
+    without Python's warning format."""
+    write_oct_tree(tmp_path / "oct")
+    out = tmp_path / "p"
+    bad = run_berdiff("prepare-oct", tmp_path / "oct", out, "--image-size", 16, "--quiet")
+    assert bad.returncode == 2 and not out.exists()
+    assert bad.stderr.startswith("berdiff prepare-oct: error: ") and "NORMAL-999-1.jpeg" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+    ok = run_berdiff("prepare-oct", tmp_path / "oct", out, "--image-size", 16, "--quiet",
+                     "--skip-bad")
+    assert ok.returncode == 0, ok.stderr
+    assert "skipped 1 unreadable file(s)" in ok.stdout and "NORMAL/NORMAL-999-1.jpeg" in ok.stdout
+    assert ok.stderr.startswith("berdiff prepare-oct: warning: skipping NORMAL/NORMAL-999-1.jpeg")
+    assert "UserWarning" not in ok.stderr and "warnings.warn" not in ok.stderr
+
+    folder = run_berdiff("prepare-folder", tmp_path / "oct", tmp_path / "f", "--image-size", 16,
+                         "--quiet", "--skip-bad")
+    assert folder.returncode == 0, folder.stderr
+    assert "UserWarning" not in folder.stderr and "prepare_cli.py" not in folder.stderr
+    assert folder.stderr.count("berdiff prepare-folder: warning: skipping") == 1
+
+    again = run_berdiff("prepare-oct", tmp_path / "oct", out, "--image-size", 16, "--quiet")
+    assert again.returncode == 2
+    assert again.stderr.strip() == (f"berdiff prepare-oct: error: {out} already exists; pass "
+                                    "--overwrite to replace it")
+    none = run_berdiff("prepare-brats", tmp_path / "oct", tmp_path / "b", "--quiet")
+    assert none.returncode == 2 and "berdiff prepare-brats: error: no BraTS case folders" in none.stderr
+    assert "Traceback" not in none.stderr
+
+
+def test_python_module_prepare_exit_status(tmp_path, capsys):
+    from src_training.prepare import main
+
+    assert main(["brats", str(tmp_path / "absent"), str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m src_training.prepare brats: error: BraTS source folder not "
+                          "found")
+
+
