@@ -195,8 +195,11 @@ def read_meta(root: str | Path) -> dict[str, Any]:
     root = Path(root)
     p = root / "meta.json"
     if not p.is_file():
-        raise FileNotFoundError(f"{root} is not a prepared dataset directory (no meta.json); "
-                                "run `python -m src_training.prepare` first")
+        what = ("not found" if not root.exists() else
+                "is not a prepared dataset directory (no meta.json)" if root.is_dir() else
+                "is a file, not a prepared dataset directory")
+        raise FileNotFoundError(f"{root} {what}; make one first with `berdiff prepare-brats`, "
+                                "`berdiff prepare-oct` or `berdiff prepare-folder`")
     with open(p, encoding="utf-8") as f:
         meta = json.load(f)
     if meta.get("format") != FORMAT_NAME:

@@ -327,3 +327,11 @@ def test_python_module_prepare_exit_status(tmp_path, capsys):
                           "found")
 
 
+def test_missing_prepared_directory_names_the_prepare_commands(tmp_path):
+    from src_training.prepared_format import read_meta
+
+    with pytest.raises(FileNotFoundError, match="absent not found; make one first with "
+                                                "`berdiff prepare-brats`"):
+        read_meta(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="no meta.json.*`berdiff prepare-folder`"):
+        read_meta(tmp_path)
