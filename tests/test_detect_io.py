@@ -1,5 +1,5 @@
 """``berdiff detect``: output names that never look like BraTS files, no input ever replaced,
-and output folders that mirror the input folders."""
+outputs never taken for inputs, and output folders that mirror the input folders."""
 
 from __future__ import annotations
 
@@ -109,6 +109,44 @@ def test_an_output_on_an_input_file_is_refused_even_with_overwrite(ck1, tmp_path
     item.path.write_bytes(b"data")
     with pytest.raises(ValueError, match="would replace the input"):
         check_inputs_kept([item], tmp_path)
+
+
+# ----------------------------------------------------------------------------- 2: no snowball
+def test_outputs_inside_the_input_folder_are_not_inputs(ck1, tmp_path, capsys):
+    inp = tmp_path / "in_dir"
+    inp.mkdir()
+    write_png(inp / "x.png")
+    write_png(inp / "y.png", seed=1)
+    res = inp / "results"
+    for extra in ([], ["--overwrite"]):
+        rc, out, err = detect(capsys, inp, "--model", ck1, "--out", res, *extra)
+        assert rc == 0, err
+        assert "2 input(s) done" in out
+    assert files_under(res) == [f"{s}_berdiff_{e}" for s in "xy" for e in OUT_2D]
+    # the output folder is the input folder: its own outputs are skipped by name
+    rc, out, err = detect(capsys, inp, "--model", ck1, "--out", inp)
+    assert rc == 0 and "2 input(s) done" in out, err
+    rc, out, err = detect(capsys, inp, "--model", ck1, "--out", inp, "--overwrite")
+    assert rc == 0 and "2 input(s) done" in out, err
+    assert not list(inp.glob("*_berdiff_*_berdiff_*"))
+    # a shell glob (in_dir/*) names outputs and the output folder directly: skipped with a note
+    args = sorted(inp.iterdir())
+    rc, out, err = detect(capsys, *args, "--model", ck1, "--out", res, "--overwrite")
+    assert rc == 0 and "2 input(s) done" in out, err
+    assert err.count("note: skipped") == 1 and "failed" not in err
+
+
+def test_outputs_of_older_versions_are_recognised_by_their_provenance(ck1, tmp_path, capsys):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_png(inp / "x.png")
+    write_png(inp / "x_seg.png", seed=2)  # old output names
+    write_png(inp / "x_recon.png", seed=3)
+    (inp / "x_provenance.json").write_text(json.dumps({
+        "input": "x.png", "detector": {}, "outputs": {"seg": "x_seg.png", "recon": "x_recon.png",
+                                                       "provenance": "x_provenance.json"}}))
+    write_png(inp / "z_seg.png", seed=4)  # not listed by any provenance: an input
+    assert [it.name for it in discover_inputs([inp])] == ["x", "z_seg"]
 
 
 # ----------------------------------------------------------------------------- 3: mirroring

@@ -2,7 +2,7 @@
 
 Inputs: BraTS case folders (4-channel models), NIfTI volumes (3D for 1-channel models, 4D with
 channels last), 2D images (OCT; 1-channel models), or folders holding any of these (searched
-recursively). Outputs per input
+recursively; the --out folder and earlier outputs are never taken for inputs). Outputs per input
 (see :mod:`napari_berdiff.core.batch_io`), named ``<stem>_berdiff_<kind>`` where ``<stem>`` mirrors
 the input's path below the folder argument it was found in (an input given directly: its name):
 anomaly map, segmentation mask and reconstruction (NIfTI with the source affine, or TIFF/PNG for
@@ -66,7 +66,12 @@ def run(args) -> int:
                                  shard)
     from . import CLIError
 
-    items = discover_inputs(args.inputs)
+    skipped: list = []
+    items = discover_inputs(args.inputs, exclude=args.out, skipped=skipped)
+    if skipped:
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        print(f"berdiff detect: note: skipped {skipped[0]}{more}: outputs of berdiff detect, "
+              "not inputs", file=sys.stderr)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     mine = shard(items, rank, world)
     check_inputs_kept(items, args.out)

@@ -3,7 +3,10 @@ writing outputs atomically.
 
 Inputs (:func:`discover_inputs`): BraTS case folders (``*_flair.nii.gz`` etc.), NIfTI files
 (``.nii``/``.nii.gz``) and 2D images (PNG, JPEG, TIFF, BMP), given directly or found recursively in
-folders (a BraTS case folder is one input; its files are not listed separately).
+folders (a BraTS case folder is one input; its files are not listed separately). The search never
+enters the output folder and skips files that are outputs of ``berdiff detect`` (named
+``*_berdiff_<kind>.<ext>``, or listed by a provenance JSON beside them), so results written inside
+an input folder are never taken for inputs.
 
 Output stems mirror the folder structure: an input found under a folder argument keeps its path
 relative to that folder (``in/p1/v1/001.jpg`` searched from ``in`` -> ``p1/v1/001``; a BraTS case
@@ -25,6 +28,7 @@ Ctrl-C the temporary files are removed, so no partial output is left under a fin
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -39,7 +43,7 @@ __all__ = ["InputItem", "discover_inputs", "output_paths", "check_outputs", "che
            "is_own_output", "AtomicFiles", "atomic_write_text", "shard", "parse_slices",
            "strip_extension", "OUTPUT_TAG"]
 
-from .data.readers import BRATS_CASE_SUFFIXES as _CASE_SUFFIXES  # noqa: E402 (one naming)
+_CASE_SUFFIXES = tuple(f"_{m}{e}" for m in ("flair", "t1", "t1ce", "t2") for e in NIFTI_EXTENSIONS)
 
 OUTPUT_TAG = "_berdiff_"
 # kind -> file ending, for volumes and for 2D images ("seg" is the segmentation; its file says
@@ -49,6 +53,7 @@ _IMAGE_OUTPUTS = {"anomaly": "anomaly.tif", "seg": "mask.png", "recon": "recon.p
 _TABLE_OUTPUTS = {"scores": "scores.csv", "provenance": "provenance.json"}
 _OWN_OUTPUT_RE = re.compile(r".+_berdiff_(anomaly|mask|recon|scores|provenance)"
                             r"\.(nii\.gz|nii|tiff?|png|csv|json)$", re.IGNORECASE)
+_LEGACY_PROVENANCE = "_provenance.json"  # before the _berdiff_ names: <stem>_provenance.json
 
 
 @dataclass
@@ -81,6 +86,48 @@ def _resolve(p: str | Path) -> Path:
         return Path(os.path.abspath(p))
 
 
+def _inside(p: Path, folder: Path) -> bool:
+    """``p`` is ``folder`` or below it (both resolved)."""
+    return p == folder or folder in p.parents
+
+
+def _listed_outputs(folder: Path) -> set[str]:
+    """Names listed as outputs by the provenance JSONs in ``folder`` (also those of older
+    versions, which named outputs ``<stem>_seg.png`` etc.), the JSONs themselves included."""
+    names: set[str] = set()
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.lower().endswith(_LEGACY_PROVENANCE)]
+    except OSError:
+        return names
+    for e in entries:
+        try:
+            if not e.is_file() or e.stat().st_size > 1 << 22:
+                continue
+            prov = json.loads(Path(e.path).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(prov, dict) and isinstance(prov.get("outputs"), dict) and "detector" in prov:
+            names.add(e.name)
+            names.update(str(v) for v in prov["outputs"].values())
+    return names
+
+
+class _OwnOutputs:
+    """``own(path)``: is ``path`` an output of ``berdiff detect`` (by name, or listed by a
+    provenance JSON in its folder)? Caches each folder's listing."""
+
+    def __init__(self) -> None:
+        self._listed: dict[Path, set[str]] = {}
+
+    def __call__(self, path: Path) -> bool:
+        if is_own_output(path):
+            return True
+        folder = path.parent
+        if folder not in self._listed:
+            self._listed[folder] = _listed_outputs(folder)
+        return path.name in self._listed[folder]
+
+
 def is_own_output(path: str | Path) -> bool:
     """Whether the file name is one ``berdiff detect`` gives outputs (``*_berdiff_<kind>.*``)."""
     return _OWN_OUTPUT_RE.match(Path(path).name) is not None
@@ -93,42 +140,65 @@ def _is_case_folder(d: Path) -> bool:
         return False
 
 
-def _walk(root: Path) -> list[InputItem]:
-    """The inputs below ``root`` named by their path relative to it."""
+def _walk(root: Path, out: Path | None, own: _OwnOutputs) -> list[InputItem]:
+    """The inputs below ``root`` named by their path relative to it. The output folder ``out``
+    (resolved) is not entered when it lies strictly inside ``root``; when ``root`` is the output
+    folder or inside it (outputs written next to the inputs), only the name check applies."""
+    root_r = _resolve(root)
+    prune = out if out is not None and out != root_r and root_r in out.parents else None
     items: list[InputItem] = []
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
         rel = d.relative_to(root)
-        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        dirnames[:] = [n for n in sorted(dirnames) if not n.startswith(".")
+                       and (prune is None or _resolve(d / n) != prune)]
         if _is_case_folder(d):
-            items.append(InputItem(d, "brats_case", rel.as_posix() if rel.parts else
-                                   _resolve(root).name))
+            items.append(InputItem(d, "brats_case", rel.as_posix() if rel.parts else root_r.name))
             dirnames[:] = []
             continue
         for f in sorted(filenames):
             p = d / f
-            if f.startswith(".") or not (is_nifti(p) or is_image(p)):
+            if f.startswith(".") or not (is_nifti(p) or is_image(p)) or own(p):
                 continue
             items.append(InputItem(p, "nifti" if is_nifti(p) else "image",
                                    (rel / strip_extension(f)).as_posix()))
     return items
 
 
-def discover_inputs(paths: Sequence[str | Path]) -> list[InputItem]:
+def discover_inputs(paths: Sequence[str | Path], exclude: str | Path | None = None,
+                    skipped: list[Path] | None = None) -> list[InputItem]:
     """The inputs named by ``paths`` (files or folders), in order, with their output stems.
-    Missing paths, unsupported files and folders without inputs become ``invalid`` items (they
-    are reported, not raised, so that the other inputs still run). Two inputs with the same
-    output stem (compared case-insensitively) raise ValueError naming both."""
+
+    ``exclude``: the output folder; folder searches do not enter it, and a folder argument inside
+    it that holds nothing but outputs is passed over. Outputs of ``berdiff detect`` are never
+    inputs: found in folders they are ignored, given directly they are appended to ``skipped``
+    (when a list is passed) instead of running. Missing paths, unsupported files and folders
+    without inputs become ``invalid`` items (reported, not raised, so that the other inputs still
+    run). Two inputs with the same output stem (compared case-insensitively) raise ValueError
+    naming both."""
+    out = _resolve(exclude) if exclude is not None else None
+    own = _OwnOutputs()
     items: list[InputItem] = []
     for raw in paths:
         p = Path(raw)
         if not p.exists():
             items.append(InputItem(p, "invalid", p.name, error=f"input not found: {p}"))
         elif p.is_dir():
-            found = ([InputItem(p, "brats_case", _resolve(p).name)] if _is_case_folder(p)
-                     else _walk(p))
-            items += found or [InputItem(p, "invalid", p.name, error=f"no NIfTI, image or BraTS "
-                                                                     f"case under folder {p}")]
+            if _is_case_folder(p):
+                items.append(InputItem(p, "brats_case", _resolve(p).name))
+                continue
+            found = _walk(p, out, own)
+            if found:
+                items += found
+            elif out is not None and _inside(_resolve(p), out):
+                if skipped is not None:  # e.g. the output folder itself, from a shell glob
+                    skipped.append(p)
+            else:
+                items.append(InputItem(p, "invalid", p.name, error=f"no NIfTI, image or BraTS "
+                                                                   f"case under folder {p}"))
+        elif own(p):
+            if skipped is not None:
+                skipped.append(p)
         elif is_nifti(p):
             items.append(InputItem(p, "nifti", strip_extension(p.name)))
         elif is_image(p):
