@@ -1,9 +1,14 @@
-"""``berdiff detect``: output names that never look like BraTS files, no input ever replaced,
-outputs never taken for inputs, and output folders that mirror the input folders."""
+"""``berdiff detect``: output naming and folder mirroring, never taking outputs for inputs, never
+replacing an input, and SIGTERM."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import nibabel as nib
@@ -183,3 +188,59 @@ def test_stems_are_compared_without_case_and_across_kinds(tmp_path):
     with pytest.raises(ValueError, match="would both write"):
         discover_inputs([tmp_path])
     assert [it.name for it in discover_inputs([tmp_path / "Scan.png"])] == ["Scan"]
+
+
+# ----------------------------------------------------------------------------- 4: signals
+SLOW_WRITER = textwrap.dedent("""
+    import sys, time
+    from napari_berdiff.core import batch_io
+    from napari_berdiff.cli import main
+
+    orig = batch_io.AtomicFiles.temp
+    def temp(self, final):
+        tmp = orig(self, final)
+        if final.name.startswith("b_") and len(self._pairs) == 2:  # b's first file is written
+            print("WRITING", flush=True)
+            time.sleep(120)
+        return tmp
+    batch_io.AtomicFiles.temp = temp
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "SIGTERM"),
+                                             (signal.SIGINT, 130, "interrupted")])
+def test_a_stop_signal_leaves_no_partial_files(ck1, tmp_path, sig, code, word):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_png(inp / "a.png")
+    write_png(inp / "b.png", seed=1)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, "detect", str(inp), "--model",
+                             str(ck1), "--out", str(out), *FAST], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.startswith("WRITING"):
+                break
+        hidden = [p.name for p in out.iterdir() if p.name.startswith(".b_")]
+        assert len(hidden) == 2  # b's partial files exist when the signal comes
+        proc.send_signal(sig)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    assert word in err and "Traceback" not in err and err.strip().count("\n") == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"a_berdiff_{e}" for e in OUT_2D]
+
+
+def test_a_signal_while_files_are_renamed_waits_for_the_renames(tmp_path):
+    target = tmp_path / "r.txt"
+    with pytest.raises(batch_io.Interrupted) as info:
+        with batch_io.stop_on_signals():
+            with batch_io._deferring():
+                signal.raise_signal(signal.SIGTERM)
+                target.write_text("renamed")  # still runs: the signal waits
+    assert info.value.signum == signal.SIGTERM and target.read_text() == "renamed"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is restored

@@ -10,8 +10,9 @@ anomaly map, segmentation mask and reconstruction (NIfTI with the source affine,
 
 Safety: existing outputs are never replaced without ``--overwrite`` (checked for every input before
 any work starts), and an input file never, not even with it; files are written under temporary
-names and renamed when complete, so Ctrl-C leaves no partial output. A failing input is reported on
-stderr by name and the others still run; the exit status is 1 when any input failed.
+names and renamed when complete, so Ctrl-C or SIGTERM (SLURM, torchrun) leaves no partial output:
+finished inputs are kept, the exit status is 130 (SIGINT) or 143 (SIGTERM). A failing input is
+reported on stderr by name and the others still run; the exit status is 1 when any input failed.
 
 Several processes: under ``torchrun --nproc_per_node=N berdiff detect ...`` (or with ``RANK`` and
 ``WORLD_SIZE`` set by hand) process ``RANK`` takes inputs ``[RANK::WORLD_SIZE]`` of the sorted input
@@ -61,6 +62,23 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..core.batch_io import Interrupted, stop_on_signals
+
+    done: list[int] = [0]
+    try:
+        with stop_on_signals():
+            return _run(args, done)
+    except Interrupted as stop:
+        import signal
+
+        term = stop.signum == getattr(signal, "SIGTERM", None)
+        print(f"berdiff detect: {'terminated (SIGTERM)' if term else 'interrupted'}; "
+              f"{done[0]} input(s) finished (kept in {args.out}), no partial outputs left",
+              file=sys.stderr)
+        return 143 if term else 130
+
+
+def _run(args, done: list[int]) -> int:
     from ..core.batch_detect import DetectSettings, run_item
     from ..core.batch_io import (check_inputs_kept, check_outputs, discover_inputs, output_paths,
                                  shard)
@@ -87,7 +105,6 @@ def run(args) -> int:
                               min_size=args.min_size)
     tag = f"[rank {rank}/{world}] " if world > 1 else ""
     failed: list[tuple[str, str]] = []
-    ok = 0
     for it in mine:
         if it.kind == "invalid":
             failed.append((str(it.path), it.error or "invalid input"))
@@ -106,11 +123,11 @@ def run(args) -> int:
             continue
         finally:
             bar.close()
-        ok += 1
+        done[0] += 1
         dest = os.path.join(args.out, summary["name"])
         print(f"{tag}{it.path} -> {dest}_berdiff_* ({summary['slices']} slice(s), "
               f"{summary['seg_pixels']} segmented pixels)")
-    print(f"{tag}{ok} input(s) done, {len(failed)} failed; outputs in {args.out}")
+    print(f"{tag}{done[0]} input(s) done, {len(failed)} failed; outputs in {args.out}")
     if failed:
         print(f"berdiff detect: {tag}{len(failed)} input(s) failed: "
               + ", ".join(p for p, _ in failed), file=sys.stderr)

@@ -22,8 +22,9 @@ with the source affine; 2D images -> ``<stem>_berdiff_anomaly.tif`` (float32),
 ``<stem>_berdiff_mask.png`` (0/255) and ``<stem>_berdiff_recon.png`` (8-bit); always
 ``<stem>_berdiff_scores.csv`` (one row per slice) and ``<stem>_berdiff_provenance.json``.
 :func:`check_inputs_kept` refuses outputs that would land on an input file. :class:`AtomicFiles`
-writes each file under a hidden temporary name and renames them all at the end; on any error or
-Ctrl-C the temporary files are removed, so no partial output is left under a final name.
+writes each file under a hidden temporary name and renames them all at the end; on any error,
+Ctrl-C or SIGTERM the temporary files are removed, so no partial output is left under a final
+name.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -285,11 +288,66 @@ def _suffix(path: Path) -> str:
     return path.suffix
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised by :func:`stop_on_signals`'s handlers; ``signum`` is the signal received."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_defer = 0  # > 0 while AtomicFiles creates or renames files: a stop signal waits until done
+_pending: int | None = None
+
+
+def _stop_handler(signum, frame) -> None:
+    global _pending
+    if _defer:
+        _pending = signum
+        return
+    raise Interrupted(signum)
+
+
+class _deferring:
+    """Context: stop signals arriving inside are raised at its end (as :class:`Interrupted`)."""
+
+    def __enter__(self) -> None:
+        global _defer
+        _defer += 1
+
+    def __exit__(self, *exc) -> None:
+        global _defer, _pending
+        _defer -= 1
+        if not _defer and _pending is not None:
+            signum, _pending = _pending, None
+            raise Interrupted(signum)
+
+
+class stop_on_signals:
+    """Context manager: SIGINT and SIGTERM (SLURM, torchrun, ``kill``) raise :class:`Interrupted`
+    (a KeyboardInterrupt) in the main thread, so that :class:`AtomicFiles` removes its temporary
+    files; the previous handlers come back on exit. Does nothing outside the main thread."""
+
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n))
+
+    def __enter__(self) -> "stop_on_signals":
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, _stop_handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
 class AtomicFiles:
     """Context manager: ``tmp = files.temp(final)`` gives a hidden temporary path in the same
     folder (keeping the extension, so writers pick the right format); on a clean exit every
-    temporary file is renamed to its final name, on an exception (Ctrl-C included) all are
-    removed."""
+    temporary file is renamed to its final name, on an exception (Ctrl-C or SIGTERM under
+    :class:`stop_on_signals` included) all are removed. A stop signal arriving while the files are
+    renamed takes effect once all are in place."""
 
     def __init__(self) -> None:
         self._pairs: list[tuple[Path, Path]] = []
@@ -297,10 +355,11 @@ class AtomicFiles:
     def temp(self, final: str | Path) -> Path:
         final = Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + _suffix(final),
-                                   dir=final.parent)
-        os.close(fd)
-        self._pairs.append((Path(tmp), final))
+        with _deferring():
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + _suffix(final),
+                                       dir=final.parent)
+            os.close(fd)
+            self._pairs.append((Path(tmp), final))
         return Path(tmp)
 
     def __enter__(self) -> "AtomicFiles":
@@ -309,9 +368,10 @@ class AtomicFiles:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             try:
-                for tmp, final in self._pairs:
-                    publish_mode(tmp)
-                    os.replace(tmp, final)
+                with _deferring():
+                    for tmp, final in self._pairs:
+                        publish_mode(tmp)
+                        os.replace(tmp, final)
                 return
             except BaseException:
                 self._cleanup()
