@@ -1,5 +1,5 @@
 """``berdiff detect``: output naming and folder mirroring, never taking outputs for inputs, never
-replacing an input, and SIGTERM."""
+replacing an input, SIGTERM, and settings / messages checked once up front."""
 
 from __future__ import annotations
 
@@ -244,3 +244,45 @@ def test_a_signal_while_files_are_renamed_waits_for_the_renames(tmp_path):
                 target.write_text("renamed")  # still runs: the signal waits
     assert info.value.signum == signal.SIGTERM and target.read_text() == "renamed"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is restored
+
+
+# ----------------------------------------------------------------------------- 5, 6: up front
+@pytest.mark.parametrize("opts, message", [
+    (["--L", "9"], "--L 9 is beyond the noise levels this model was trained for (L <= 8)"),
+    (["--L", "0"], "--L must be at least 1"),
+    (["--min-size", "-5"], "--min-size must be 0 or more"),
+    (["--slices", "3:x"], "--slices must look like a:b or k"),
+    (["--P", "nan"], "--P must be a number"),
+])
+def test_settings_wrong_for_every_input_fail_once_up_front(ck1, tmp_path, capsys, opts, message):
+    bad = [tmp_path / f"broken{i}.nii.gz" for i in range(3)]
+    for b in bad:
+        b.write_bytes(b"\x1f\x8b not really gzip")
+    rc = main(["detect", *map(str, bad), "--model", str(ck1), "--out", str(tmp_path / "o"),
+               *FAST, *opts])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and message in err, err
+    assert "broken" not in err and not (tmp_path / "o").exists()  # no input was read
+
+
+def test_slices_on_images_is_said_once(ck1, tmp_path, capsys):
+    for i in range(2):
+        write_png(tmp_path / f"im{i}.png", seed=i)
+    rc, _, err = detect(capsys, tmp_path / "im0.png", tmp_path / "im1.png", "--model", ck1,
+                        "--out", tmp_path / "o", "--slices", "0:1")
+    assert rc == 0 and err.count("--slices applies to volumes only") == 1, err
+
+
+def test_out_is_a_file_and_per_input_errors_are_one_line(ck1, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    pngs = [write_png(tmp_path / f"im{i}.png", seed=i) for i in range(2)]
+    rc, _, err = detect(capsys, *pngs, "--model", ck1, "--out", afile)
+    assert rc == 2 and err == f"berdiff detect: error: --out {afile} is a file, not a folder\n"
+    bad = tmp_path / "notimg.png"
+    bad.write_text("not an image\nsecond line")
+    rc, _, err = detect(capsys, bad, pngs[0], "--model", ck1, "--out", tmp_path / "o")
+    assert rc == 1
+    line = next(ln for ln in err.splitlines() if "failed:" in ln and "input(s)" not in ln)
+    assert line.startswith(f"berdiff detect: failed: {bad}: ")
+    assert line.count(str(bad)) == 1 and "[file:" not in line

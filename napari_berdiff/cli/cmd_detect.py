@@ -8,11 +8,13 @@ the input's path below the folder argument it was found in (an input given direc
 anomaly map, segmentation mask and reconstruction (NIfTI with the source affine, or TIFF/PNG for
 2D images), a per-slice scores CSV and a provenance JSON.
 
-Safety: existing outputs are never replaced without ``--overwrite`` (checked for every input before
-any work starts), and an input file never, not even with it; files are written under temporary
-names and renamed when complete, so Ctrl-C or SIGTERM (SLURM, torchrun) leaves no partial output:
-finished inputs are kept, the exit status is 130 (SIGINT) or 143 (SIGTERM). A failing input is
-reported on stderr by name and the others still run; the exit status is 1 when any input failed.
+Safety: settings wrong for every input (L, steps, min-size, slices syntax, --out a file) end the
+run with one line and exit status 2 before any input is read. Existing outputs are never replaced
+without ``--overwrite`` (checked for every input before any work starts), and an input file never,
+not even with it; files are written under temporary names and renamed when complete, so Ctrl-C or
+SIGTERM (SLURM, torchrun) leaves no partial output: finished inputs are kept, the exit status is
+130 (SIGINT) or 143 (SIGTERM). A failing input is reported on stderr in one line naming it and the
+others still run; the exit status is 1 when any input failed.
 
 Several processes: under ``torchrun --nproc_per_node=N berdiff detect ...`` (or with ``RANK`` and
 ``WORLD_SIZE`` set by hand) process ``RANK`` takes inputs ``[RANK::WORLD_SIZE]`` of the sorted input
@@ -61,6 +63,53 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return (lines[0] + (" ..." if len(lines) > 1 else "")) if lines else ""
+
+
+def _reason(item, err: Exception) -> str:
+    """One line for a failed input, to follow its path: a DataError's reason without the repeated
+    ``[file: ...]`` (kept when it names another file), the input's path cut to its name."""
+    from ..core.data.readers import DataError
+
+    if isinstance(err, DataError):
+        text = _one_line(err.reason)
+        if err.path is not None and err.path != item.path and err.path.name not in text:
+            text += f" [file: {err.path}]"
+    else:
+        text = _one_line(err) or type(err).__name__
+    if str(item.path) != item.path.name:
+        text = text.replace(str(item.path), item.path.name)
+    return text
+
+
+def _check_settings(args) -> None:
+    """Settings wrong for every input: one line, exit status 2, before anything is read."""
+    import math
+
+    from ..core.batch_io import check_slices_spec
+    from . import CLIError
+
+    if args.L < 1:
+        raise CLIError(f"--L must be at least 1, got {args.L}")
+    if args.steps is not None and not 1 <= args.steps <= args.L:
+        raise CLIError(f"--steps must lie in 1..L={args.L}, got {args.steps}")
+    if not math.isfinite(args.P):
+        raise CLIError(f"--P must be a number, got {args.P}")
+    if args.min_size < 0:
+        raise CLIError(f"--min-size must be 0 or more, got {args.min_size}")
+    for opt, v in (("--threshold", args.threshold), ("--abs-threshold", args.abs_threshold)):
+        if v is not None and not math.isfinite(v):
+            raise CLIError(f"{opt} must be a number, got {v}")
+    try:
+        check_slices_spec(args.slices)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CLIError(f"--out {args.out} is a file, not a folder")
+
+
 def run(args) -> int:
     from ..core.batch_io import Interrupted, stop_on_signals
 
@@ -84,6 +133,7 @@ def _run(args, done: list[int]) -> int:
                                  shard)
     from . import CLIError
 
+    _check_settings(args)
     skipped: list = []
     items = discover_inputs(args.inputs, exclude=args.out, skipped=skipped)
     if skipped:
@@ -95,9 +145,18 @@ def _run(args, done: list[int]) -> int:
     check_inputs_kept(items, args.out)
     check_outputs([p for it in mine if it.kind != "invalid"
                    for p in output_paths(it, args.out).values()], args.overwrite)
-    if args.steps is not None and not 1 <= args.steps <= args.L:
-        raise CLIError(f"--steps must lie in 1..L={args.L}")
     detector = model_args.load_detector(args, local_rank=os.environ.get("LOCAL_RANK"))
+    if args.L > detector.max_L:
+        raise CLIError(f"--L {args.L} is beyond the noise levels this model was trained for "
+                       f"(L <= {detector.max_L})")
+    if args.slices and any(it.is_2d for it in mine):
+        print("berdiff detect: note: --slices applies to volumes only; 2D images run whole",
+              file=sys.stderr)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"cannot create the output folder --out {args.out}: "
+                       f"{err.strerror or err}") from None
     steps = args.steps if args.steps is not None else min(DEFAULT_STEPS, args.L)
     settings = DetectSettings(L=args.L, P=args.P, steps=steps, seed=args.seed,
                               batch_size=args.batch_size, slices=args.slices,
@@ -108,7 +167,7 @@ def _run(args, done: list[int]) -> int:
     for it in mine:
         if it.kind == "invalid":
             failed.append((str(it.path), it.error or "invalid input"))
-            print(f"berdiff detect: {tag}failed: {it.path}: {it.error}", file=sys.stderr)
+            print(f"berdiff detect: {tag}failed: {it.error}", file=sys.stderr)
             continue
         bar = model_args.progress_bar(f"{tag}{it.name}", disable=args.no_progress)
         try:
@@ -118,8 +177,9 @@ def _run(args, done: list[int]) -> int:
         except KeyboardInterrupt:
             raise
         except Exception as err:  # one bad input must not stop the others
-            failed.append((str(it.path), f"{type(err).__name__}: {err}"))
-            print(f"berdiff detect: {tag}failed: {it.path}: {err}", file=sys.stderr)
+            bar.close()  # before the message, so that the two do not share a line
+            failed.append((str(it.path), _reason(it, err)))
+            print(f"berdiff detect: {tag}failed: {it.path}: {failed[-1][1]}", file=sys.stderr)
             continue
         finally:
             bar.close()

@@ -44,7 +44,7 @@ from .atomic import atomic_write_text, publish_mode  # noqa: F401 (atomic_write_
 
 __all__ = ["InputItem", "discover_inputs", "output_paths", "check_outputs", "check_inputs_kept",
            "is_own_output", "AtomicFiles", "atomic_write_text", "shard", "parse_slices",
-           "strip_extension", "OUTPUT_TAG"]
+           "check_slices_spec", "strip_extension", "OUTPUT_TAG"]
 
 _CASE_SUFFIXES = tuple(f"_{m}{e}" for m in ("flair", "t1", "t1ce", "t2") for e in NIFTI_EXTENSIONS)
 
@@ -396,20 +396,32 @@ def shard(items: Sequence, rank: int | None = None, world: int | None = None) ->
     return list(items)[rank::world]
 
 
+def _parse_spec(spec: str) -> tuple[int | None, int | None] | int:
+    try:
+        if ":" in spec:
+            a, _, b = spec.partition(":")
+            return (int(a) if a.strip() else None, int(b) if b.strip() else None)
+        return int(spec)
+    except ValueError:
+        raise ValueError(f"--slices must look like a:b or k, got {spec!r}") from None
+
+
+def check_slices_spec(spec: str | None) -> None:
+    """ValueError when ``spec`` is not of the form ``a:b`` or ``k`` (before any volume is read)."""
+    if spec is not None and spec != "":
+        _parse_spec(spec)
+
+
 def parse_slices(spec: str | None, n: int) -> list[int] | None:
     """``"a:b"`` (Python-style, negatives from the end, either side optional) or ``"k"`` ->
     the slice indices in ``range(n)``; None for all slices."""
     if spec is None or spec == "":
         return None
-    try:
-        if ":" in spec:
-            a, _, b = spec.partition(":")
-            idx = list(range(n))[slice(int(a) if a.strip() else None, int(b) if b.strip() else None)]
-        else:
-            k = int(spec)
-            idx = [k + n if k < 0 else k]
-    except ValueError:
-        raise ValueError(f"--slices must look like a:b or k, got {spec!r}") from None
+    parsed = _parse_spec(spec)
+    if isinstance(parsed, tuple):
+        idx = list(range(n))[slice(*parsed)]
+    else:
+        idx = [parsed + n if parsed < 0 else parsed]
     if not idx or min(idx) < 0 or max(idx) >= n:
         raise ValueError(f"--slices {spec} selects no slice of the {n} available")
     return idx
