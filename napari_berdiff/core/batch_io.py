@@ -46,7 +46,7 @@ __all__ = ["InputItem", "discover_inputs", "output_paths", "check_outputs", "che
            "is_own_output", "AtomicFiles", "atomic_write_text", "shard", "parse_slices",
            "check_slices_spec", "strip_extension", "OUTPUT_TAG"]
 
-_CASE_SUFFIXES = tuple(f"_{m}{e}" for m in ("flair", "t1", "t1ce", "t2") for e in NIFTI_EXTENSIONS)
+from .data.readers import BRATS_CASE_SUFFIXES as _CASE_SUFFIXES  # noqa: E402 (one naming)
 
 OUTPUT_TAG = "_berdiff_"
 # kind -> file ending, for volumes and for 2D images ("seg" is the segmentation; its file says
