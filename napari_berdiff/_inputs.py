@@ -189,12 +189,14 @@ def modality_of(layer) -> str | None:
     for cand in ("t1ce", "flair", "t2", "t1", "oct"):
         if cand in toks:
             return cand
-    if "t1gd" in toks or "t1c" in toks:
-        return "t1ce"
+    for alias, mod in _ALIASES.items():  # BraTS2023 (t2f, t1n, t1c, t2w) and t1Gd names
+        if alias in toks:
+            return mod
     return None
 
 
-_SUFFIX = re.compile(r"^(.*?)[\s_\-\.]*(t1ce|t1gd|t1c|flair|t2|t1)\s*$", re.IGNORECASE)
+_ALIASES = {"t1gd": "t1ce", "t1c": "t1ce", "t2f": "flair", "t1n": "t1", "t2w": "t2"}
+_SUFFIX = re.compile(r"^(.*?)[\s_\-\.]*(t1ce|t1gd|t1c|t1n|flair|t2f|t2w|t2|t1)\s*$", re.IGNORECASE)
 
 
 def _group(layer) -> str:

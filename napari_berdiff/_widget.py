@@ -60,6 +60,7 @@ class BerdiffWidget(ModelInputs, QWidget):
         # horizontal scroll bar appears only if something still does not (never a cut-off control)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         scroll.setWidget(self.c.container.native)
+        self._scroll = scroll
         hint = self.c.container.native.sizeHint()
         footer = self.c.footer.native
         self.setMinimumSize(hint.width() + scroll.verticalScrollBar().sizeHint().width() + 4,
@@ -105,6 +106,17 @@ class BerdiffWidget(ModelInputs, QWidget):
         else:
             self._on_model_changed()
         self._on_device_changed()
+
+    def fit_width(self) -> None:
+        """Widen the dock to the settings once the model's input choosers exist (they are made
+        after the first layout), so that no control sits behind the horizontal scroll bar."""
+        try:
+            need = (self.c.container.native.minimumSizeHint().width()
+                    + self._scroll.verticalScrollBar().sizeHint().width() + 4)
+            if need > self.minimumWidth():
+                self.setMinimumWidth(need)
+        except RuntimeError:  # deleted with the viewer before a queued call arrived
+            pass
 
     # -- wiring ----------------------------------------------------------------------------
     def _connect(self):
@@ -405,6 +417,10 @@ class BerdiffWidget(ModelInputs, QWidget):
             from napari.utils.notifications import show_error
 
             show_error(f"napari-berdiff: {text}")
+
+    def showEvent(self, event):  # noqa: N802 (Qt)
+        super().showEvent(event)
+        self.fit_width()
 
     def closeEvent(self, event):  # noqa: N802 (Qt)
         self._stop_worker()

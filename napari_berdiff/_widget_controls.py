@@ -26,7 +26,7 @@ def plugin_defaults() -> dict:
     return {k: getattr(widget, k) for k in keys if hasattr(widget, k)}
 
 
-COMBO_CHARS = 18  # a combo box is this many characters wide; longer layer names are elided
+COMBO_CHARS = 14  # a combo box is this many characters wide; longer layer names are elided
 
 
 def elide_combo(combo: ComboBox) -> None:

@@ -119,6 +119,9 @@ class ModelInputs:
             self._combos.append(combo)
             self.c.inputs.append(combo)
         self.refresh_inputs()
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self.fit_width)  # once the new rows are laid out
 
     # -- inputs ----------------------------------------------------------------------------
     def refresh_inputs(self, event=None):

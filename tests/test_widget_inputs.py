@@ -236,3 +236,12 @@ def test_the_score_plot_keeps_to_the_slices_that_ran(make_napari_viewer):
     plot = ScorePlot(viewer)
     plot.set_data(layer, [150, 151, 152, 153, 154], np.linspace(0.1, 0.2, 5))
     assert plot.ax.get_xlim() == (149.5, 154.5)  # five readable ticks, not a pile at one end
+
+
+def test_brats2023_layer_names_are_matched_to_the_channels():
+    from napari_berdiff._inputs import auto_pick
+
+    names = {m: SimpleNamespace(name=f"BraTS-GLI-00002-000-{m}", metadata={})
+             for m in ("t1n", "t2w", "t2f", "t1c")}
+    pick = auto_pick(list(names.values()), ["flair", "t1", "t1ce", "t2"], 4)
+    assert [ly.name[-3:] for ly in pick] == ["t2f", "t1n", "t1c", "t2w"]
