@@ -26,6 +26,7 @@ import numpy as np
 from napari_berdiff.core.data.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, DataError,
                                               find_brats_case, is_image, is_nifti,
                                               load_brats_case, load_nifti)
+from napari_berdiff.core.orientation import orientation_of, to_canonical
 from src_training.prepare_common import (IMAGE_SCALING_DOC, NORMALISATION_DOC, assign_split,
                                          check_params, finish, image_job, split_writers,
                                          parallel_map, progress, skip_or_raise, split_by_group,
@@ -66,7 +67,9 @@ def _brats_job(args: tuple) -> Any:
     folder, p = args
     try:
         ref = find_brats_case(folder, require_seg=True)["flair"]
-        vol, seg, _ = load_brats_case(folder, nan_policy=p["nan_policy"], require_seg=True)
+        vol, seg, affine = load_brats_case(folder, nan_policy=p["nan_policy"], require_seg=True)
+        ornt = orientation_of(affine)  # slices as detection sees them: RAS voxel order
+        vol, seg = to_canonical(vol, ornt), to_canonical(seg, ornt)
         return volume_to_slices(vol, seg, drop_bottom=p["drop_bottom"], drop_top=p["drop_top"],
                                 image_size=p["image_size"], low=p["low"], high=p["high"], ref=ref)
     except DataError as e:
@@ -140,7 +143,8 @@ def prepare_brats(src_root: str | Path, out_dir: str | Path, *,
                 "image_size": int(image_size), "source": str(Path(src_root).resolve()),
                 "normalisation": {"method": "percentile_clip_nonzero", "low": float(low),
                                   "high": float(high), "doc": NORMALISATION_DOC},
-                "geometry": {"slice_axis": 2, "slice_range": "drop_bottom : Z - drop_top",
+                "geometry": {"slice_axis": 2, "voxel_order": "RAS (core.orientation.to_canonical)",
+                             "slice_range": "drop_bottom : Z - drop_top",
                              "drop_bottom": int(drop_bottom), "drop_top": int(drop_top),
                              "in_plane_shapes": sorted(list(s) for s in shapes),
                              "transform": transform,
@@ -160,7 +164,7 @@ def _folder_job(args: tuple) -> Any:
     if is_image(path):
         return image_job((path, None, p["image_size"], p["keep_aspect"], p["channels"]))
     try:
-        data, _, _ = load_nifti(path, nan_policy=p["nan_policy"])
+        data, affine, _ = load_nifti(path, nan_policy=p["nan_policy"])
         ch = p["channels"]
         while data.ndim > 3 and data.shape[-1] == 1 and ch == 1:
             data = data[..., 0]
@@ -173,6 +177,7 @@ def _folder_job(args: tuple) -> Any:
         else:
             raise DataError(path, f"{Path(path).name} has shape {data.shape}: expected a 3D "
                                   f"volume{'' if ch == 1 else f' with {ch} channels last'}")
+        vol = to_canonical(vol, orientation_of(affine))  # RAS voxel order, as detection
         res = volume_to_slices(vol, None, drop_bottom=p["drop_bottom"], drop_top=p["drop_top"],
                                image_size=p["image_size"], low=p["low"], high=p["high"],
                                ref=Path(path))
@@ -243,7 +248,8 @@ def prepare_folder(src_root: str | Path, out_dir: str | Path, *, image_size: int
                 "normalisation": {"method": "percentile_clip_nonzero (NIfTI); bit depth "
                                             "(images)", "low": float(low), "high": float(high),
                                   "doc": NORMALISATION_DOC, "images": IMAGE_SCALING_DOC},
-                "geometry": {"slice_axis": 2, "drop_bottom": int(drop_bottom),
+                "geometry": {"slice_axis": 2, "voxel_order": "RAS (NIfTI; core.orientation.to_canonical)",
+                             "drop_bottom": int(drop_bottom),
                              "drop_top": int(drop_top), "keep_aspect": bool(keep_aspect),
                              "transforms": list(transforms.values())[:20]},
                 "skipped": skipped}

@@ -114,3 +114,29 @@ def test_brats_style_volumes_are_always_percentile_normalised():
     other = _detector(modality="oct", norm="dtype range")  # no recorded percentile rule
     c = other.detect_volume(unit, slices=[1], L=6, steps=3)
     assert c.provenance["normalize"].startswith("none")
+
+
+def test_prepare_brats_slices_lps_and_ras_cases_alike(tmp_path):
+    from napari_berdiff.core.data.readers import BRATS_MODALITIES
+    from src_training.prepare import prepare_brats
+    from src_training.prepared_format import open_split
+
+    ras = np.stack([_head((40, 36, 6), seed=c) for c in range(4)])
+    seg = np.zeros((40, 36, 6), np.uint8)
+    seg[25:30, 10:14, 2:4] = 2
+    for name, flip in (("ras", False), ("lps", True)):
+        case = tmp_path / "src" / name / f"{name}_1"
+        case.mkdir(parents=True)
+        aff = LPS_1MM if flip else np.eye(4)
+        for c, mod in enumerate(BRATS_MODALITIES):
+            v = ras[c][::-1, ::-1] if flip else ras[c]
+            _write(case / f"{name}_1_{mod}.nii.gz", np.ascontiguousarray(v), aff)
+        _write(case / f"{name}_1_seg.nii.gz", np.ascontiguousarray(seg[::-1, ::-1] if flip else seg), aff)
+        prepare_brats(tmp_path / "src" / name, tmp_path / f"prep_{name}", image_size=32,
+                      drop_bottom=0, drop_top=0, split=(0, 0, 1))
+    a = open_split(tmp_path / "prep_ras", "test")
+    b = open_split(tmp_path / "prep_lps", "test")
+    keys = [k for k in a if a[k] is not None and k in ("images", "labels")]
+    assert "images" in keys
+    for k in keys:
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
