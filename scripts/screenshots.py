@@ -105,7 +105,8 @@ def main(argv=None) -> int:
                 ck[k] = rnd[k]
                 print(f"screenshots: no bundled {k} model: using a random untrained one", file=sys.stderr)
     # -- BraTS: anomaly map over FLAIR, score plot over a slice range ----------------------
-    viewer, w = open_demo(quick=args.quick, checkpoint=str(ck["brats"]) if ck["brats"] else None)
+    # a bundled model stays "bundled" in the widget, as the demo shows it
+    viewer, w = open_demo(quick=args.quick, checkpoint=None if ck["brats"] == bundled_path("brats") else ck["brats"])
     viewer.window.resize(1700, 1050)
     app = QApplication.instance()
     src = w.input_layers()[0]
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     viewer.close()
 
     # -- OCT: side by side ----------------------------------------------------------------
-    viewer, w = open_demo(oct=True, checkpoint=str(ck["oct"]) if ck["oct"] else None)
+    viewer, w = open_demo(oct=True, checkpoint=None if ck["oct"] == bundled_path("oct") else ck["oct"])
     viewer.window.resize(1700, 1050)
     if w.run() is not None:
         wait(w, app)
