@@ -23,7 +23,7 @@ def run(args) -> int:
         path = export_checkpoint(args.model, args.out, half=not args.float32,
                                  overwrite=args.overwrite)
         ck = load_checkpoint(path)  # proves the result loads
-    except CheckpointError as err:
+    except (CheckpointError, ValueError, FileExistsError) as err:
         raise CLIError(str(err)) from None
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:.1f} MiB, hash {ck.short_hash})")

@@ -100,8 +100,12 @@ def _load_state(model: torch.nn.Module, state: dict | None, what: str, name: str
         raise CheckpointError(f"{name} has a {what} config but no weights")
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{name}: the {what} weights do not fit its config: {err}") from None
+    except RuntimeError as err:  # torch lists every tensor (hundreds of lines): name a few
+        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()]
+        n = len(lines)
+        first = lines[0].rstrip(".") if lines else str(err).splitlines()[0]
+        more = f" (and {n - 1} more mismatches)" if n > 1 else ""
+        raise CheckpointError(f"{name}: the {what} weights do not fit its config: {first}{more}") from None
 
 
 def save_checkpoint(
@@ -156,9 +160,19 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _plain(text: str, limit: int = 200) -> str:
+    """One line without terminal colour codes (torch's pickle errors carry ANSI escapes)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).strip()
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def load_raw(path: str | os.PathLike) -> dict:
     """``torch.load(weights_only=True)`` with clear errors for missing, corrupt or unsafe files."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if not zipfile.is_zipfile(path):
@@ -170,7 +184,7 @@ def load_raw(path: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain napari-berdiff checkpoint (it would run "
             f"code or holds objects of unknown origin; only tensors and plain containers are "
-            f"accepted). Details: {str(err).splitlines()[0]}"
+            f"accepted). Details: {_plain(str(err).splitlines()[0])}"
         ) from None
     except Exception as err:  # zip/EOF/format errors from a corrupt or foreign file
         raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None

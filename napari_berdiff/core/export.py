@@ -26,6 +26,8 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, half: b
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():  # checked first: --overwrite would not help here
         raise ValueError("the export must go to another file than its source")
+    if dst.is_dir():
+        raise ValueError(f"{dst} is a folder: give the file name to write (e.g. {dst / src.name})")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
     obj = load_raw(src)
