@@ -27,6 +27,10 @@ def test_export_halves_the_file_and_detects_the_same(tmp_path, one_thread):
     assert next(Detector.from_checkpoint(str(out), device="cpu").unet.parameters()).dtype == torch.float32
     again = berdiff("export", str(src), str(out), check=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+    twice = tmp_path / "again.pt"  # the same source exports to the same bytes (no time stamp)
+    berdiff("export", str(src), str(twice))
+    assert twice.read_bytes() == out.read_bytes()
+    assert ck.meta["export"]["from_sha256"] == load_checkpoint(src).sha256
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     refused = berdiff("export", str(bad), str(tmp_path / "x.pt"), check=False)

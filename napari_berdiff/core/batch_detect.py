@@ -139,7 +139,7 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
         seg = segment(normalize_map(amap), s.threshold, s.min_size, s.connectivity)
     paths = output_paths(item, out_dir)
     rows = [{"slice": int(z), "masked_fraction": float(res.masked_fraction[0, i]),
-             "anomaly_sum": float(res.anomaly_map[0, i].sum()),
+             "anomaly_sum": float(amap[i].sum()),  # both from the written (median-filtered) map
              "anomaly_max": float(amap[i].max()), "seg_pixels": int(seg[i].sum())}
             for i, z in enumerate(idx)]
     prov = {"input": str(item.path), "input_kind": item.kind, "name": item.name,

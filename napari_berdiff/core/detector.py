@@ -21,6 +21,7 @@ networks run under bf16/fp16 autocast (``amp``), optionally channels_last and ``
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Generator, Sequence
@@ -117,7 +118,10 @@ class Detector:
         """Build from a checkpoint file (or loaded :class:`Checkpoint`); ``options`` are the speed
         options of the constructor (``amp``, ``channels_last``, ``compile``)."""
         ck = source if isinstance(source, Checkpoint) else load_checkpoint(source)
-        return cls(ck.build_autoencoder(), ck.build_unet(), ck.build_schedule(), meta=ck.meta,
+        meta = dict(ck.meta)
+        if not meta.get("name") and ck.path is not None:
+            meta["name"] = Path(ck.path).name  # provenance names the model file at least
+        return cls(ck.build_autoencoder(), ck.build_unet(), ck.build_schedule(), meta=meta,
                    model_hash=ck.short_hash, device=device, **options)
 
     def plan_batches(self, batch_size="auto", reserve_bytes: int = 0, **kwargs) -> BatchPlan:

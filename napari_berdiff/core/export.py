@@ -3,13 +3,12 @@ float32 models, see :func:`~.checkpoint.load_checkpoint`), no training state."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_torch_save, load_raw
+from .checkpoint import atomic_torch_save, file_sha256, load_raw
 
 __all__ = ["export_checkpoint"]
 
@@ -37,8 +36,9 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, half: b
             state = out[key]["state_dict"]
             out[key] = dict(out[key], state_dict=_half(state) if half else state)
     meta = dict(out.get("meta", {}))
-    meta["export"] = {"from": src.name, "weights": "float16" if half else "float32",
-                      "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    # no time stamp: exporting the same file twice gives the same bytes (and hash)
+    meta["export"] = {"from": src.name, "from_sha256": file_sha256(src),
+                      "weights": "float16" if half else "float32"}
     out["meta"] = meta
     atomic_torch_save(out, dst)
     return dst
