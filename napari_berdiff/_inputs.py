@@ -285,6 +285,7 @@ def build_volume(layers: list, channel_axis: int | None = None) -> np.ndarray:
     if len(shapes) > 1:
         raise InputError("the input layers differ in shape: " + ", ".join(
             f"{ly.name} {tuple(ly.data.shape)}" for ly in layers))
+    _check_same_grid(layers)
     arrs = []
     for ly in layers:
         a = np.asarray(ly.data)
@@ -294,6 +295,18 @@ def build_volume(layers: list, channel_axis: int | None = None) -> np.ndarray:
             raise InputError(f"{ly.name} is not a numeric image")
         arrs.append(a[None] if a.ndim == 2 else a)
     return np.stack(arrs).astype(np.float32, copy=False)
+
+
+def _check_same_grid(layers: list) -> None:
+    """Layers read from NIfTI files (affine in their metadata) must share one voxel grid to be
+    stacked as channels: same shape is not enough (another voxel size or origin)."""
+    affs = [(ly, (getattr(ly, "metadata", None) or {}).get("affine")) for ly in layers]
+    affs = [(ly, np.asarray(a, float)) for ly, a in affs if a is not None]
+    for ly, a in affs[1:]:
+        ref_ly, ref = affs[0]
+        if a.shape != ref.shape or not np.allclose(a, ref, rtol=1e-4, atol=1e-3):
+            raise InputError(f"{ly.name} and {ref_ly.name} are not on the same voxel grid (their "
+                             f"NIfTI affines differ): resample one onto the other first")
 
 
 def _numeric(a: np.ndarray) -> bool:

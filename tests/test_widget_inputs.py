@@ -245,3 +245,15 @@ def test_brats2023_layer_names_are_matched_to_the_channels():
              for m in ("t1n", "t2w", "t2f", "t1c")}
     pick = auto_pick(list(names.values()), ["flair", "t1", "t1ce", "t2"], 4)
     assert [ly.name[-3:] for ly in pick] == ["t2f", "t1n", "t1c", "t2w"]
+
+
+def test_channels_on_different_voxel_grids_are_refused():
+    from napari_berdiff._inputs import InputError, build_volume
+
+    def layer(name, zoom):
+        return SimpleNamespace(name=name, data=np.ones((3, 8, 8), np.float32), multiscale=False,
+                               metadata={"affine": np.diag([zoom, zoom, zoom, 1.0])})
+
+    assert build_volume([layer("a FLAIR", 1.0), layer("a T1", 1.0)]).shape == (2, 3, 8, 8)
+    with pytest.raises(InputError, match="same voxel grid"):
+        build_volume([layer("a FLAIR", 1.0), layer("a T1", 3.0)])
