@@ -180,14 +180,15 @@ def test_evaluate_and_grid_commands(prepared, checkpoint, tmp_path, capsys):
     # the two commands run at the same time (two cores)
     ev = start("evaluate", prepared, "--model", checkpoint, "--L", 6, "--steps", 3,
                "--max-slices", 4, "--timing-slices", 0, "--out", out, "--no-progress",
-               "--device", "cpu")
+               "--device", "cpu", "--batch-size", "auto")
     gr = start("grid", prepared, "--model", checkpoint, "--L", 4, 8, "--P", 0.3, 0.7,
-               "--out", g, "--no-progress", "--device", "cpu")
+               "--out", g, "--no-progress", "--device", "cpu", "--batch-size", "auto")
     stdout = finish(ev)
     finish(gr)
     assert "| masked Bernoulli |" in stdout and "| autoencoder only |" in stdout
     data = json.loads((out / "evaluation.json").read_text())
     assert data["config"]["n_test"] == 4 and data["config"]["L"] == 6
+    assert data["config"]["batch_size"] >= 1  # "auto" planned from the free memory
     from napari_berdiff.cli import main
 
     assert main(["evaluate", str(prepared), "--model", str(checkpoint), "--out", str(out)]) == 2

@@ -24,8 +24,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps S <= L (default L; 20 matched 200 within 0.012 Dice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="trajectories (slices x 3 thresholds) per network call")
+    model_args.add_batch_size_arg(p, default=8)
     p.add_argument("--max-slices", type=int, default=None,
                    help="evaluate at most N test slices (evenly spaced over the split)")
     p.add_argument("--max-val-slices", type=int, default=None,
@@ -90,7 +89,8 @@ def run(args) -> int:
     bar = model_args.progress_bar("evaluate", disable=args.no_progress)
     try:
         results = evaluate(det, test, val, L=args.L, P=args.P, steps=args.steps, seed=args.seed,
-                           batch_size=args.batch_size, baselines=tuple(args.baselines),
+                           batch_size=model_args.resolve_batch_size(det, args.batch_size),
+                           baselines=tuple(args.baselines),
                            min_size=args.min_size, brain_mask=args.brain_mask,
                            timing_slices=args.timing_slices,
                            kinds=anomaly_kinds(test, args.source),

@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--P", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--steps", type=int, default=None, help="sampler steps (min(S, L); default L)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=10)
+    model_args.add_batch_size_arg(p, default=10)
     p.add_argument("--max-slices", type=int, default=None, help="at most N test slices")
     p.add_argument("--min-size", type=int, default=10)
     p.add_argument("--box-L", type=int, default=None,
@@ -117,7 +117,8 @@ def run(args) -> int:
     bar = model_args.progress_bar("grid", disable=args.no_progress)
     try:
         res = grid_sweep(det, test, Ls, Ps, steps=args.steps, seed=args.seed,
-                         batch_size=args.batch_size, min_size=args.min_size,
+                         batch_size=model_args.resolve_batch_size(det, args.batch_size),
+                         min_size=args.min_size,
                          progress=bar.update_to)
     finally:
         bar.close()

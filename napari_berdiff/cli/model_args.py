@@ -32,7 +32,7 @@ def add_speed_args(p) -> None:
                         "is set)")
 
 
-def add_batch_size_arg(p, help_extra: str = "") -> None:
+def add_batch_size_arg(p, help_extra: str = "", default="auto") -> None:
     """``--batch-size auto|N``: trajectories (slices x thresholds) per network call."""
     from ..core.batching import parse_batch_size
 
@@ -44,9 +44,15 @@ def add_batch_size_arg(p, help_extra: str = "") -> None:
 
             raise argparse.ArgumentTypeError(str(err)) from None
 
-    p.add_argument("--batch-size", type=_parse, default="auto", metavar="auto|N",
-                   help="slices x thresholds per network call: auto (default: as many as the "
-                        "free memory allows) or a number" + help_extra)
+    what = ("auto (default: as many as the free memory allows) or a number" if default == "auto"
+            else f"auto (as many as the free memory allows) or a number (default {default})")
+    p.add_argument("--batch-size", type=_parse, default=default, metavar="auto|N",
+                   help="slices x thresholds per network call: " + what + help_extra)
+
+
+def resolve_batch_size(det, value) -> int:
+    """An int batch size: ``auto`` planned from the detector's device and free memory."""
+    return int(det.plan_batches("auto").trajectories) if value == "auto" else int(value)
 
 
 def load_detector(args, local_rank: str | None = None):
