@@ -316,7 +316,8 @@ def _numeric(a: np.ndarray) -> bool:
 
 def fit_note(checkpoint, hw: tuple[int, int], spacing=None) -> str | None:
     """What the model's input geometry does to ``(H, W)`` slices, when it matters: borders cropped
-    by a fixed canvas, or a rescaling by more than 2x either way (None when the fit is plain)."""
+    by a fixed canvas, or a rescaling by more than 2x (None when the fit is plain). ``spacing``:
+    the slices' (row, col) pixel size in mm where known (the model's field of view applies)."""
     H, W = int(hw[0]), int(hw[1])
     size = int(checkpoint.ae_config.image_size)
     from .core.detector import canvas_for
@@ -336,6 +337,10 @@ def fit_note(checkpoint, hw: tuple[int, int], spacing=None) -> str | None:
         factor = (size / side_px,) * 2
         side = f"{side_px} px" if mode != "pad" or canvas else f"{H}x{W} (padded to {side_px} px)"
     lo, hi = factor
+    # shrinking is how the model was trained where it resizes (OCT B-scans of any width) or
+    # sees a field of view in mm: only enlarging is worth a word there
+    if mode == "resize" or (spacing is not None and canvas):
+        lo = 1.0
     if hi > 2.0 or lo < 0.5:
         how = "enlarged" if hi > 2.0 else "shrunk"
         f = hi if hi > 2.0 else lo

@@ -18,11 +18,11 @@ from typing import Callable
 import numpy as np
 
 from ._layers import json_header, layer_geometry
-from .core.data.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, DataError,
-                                brats_modality_of, find_brats_case, is_nifti, load_image_2d,
-                                load_nifti)
+from .core.data.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, IMAGE_EXTENSIONS,
+                                DataError, brats_modality_of, find_brats_case, is_nifti,
+                                load_image_2d, load_nifti)
 
-OCT_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
+OCT_EXTENSIONS = IMAGE_EXTENSIONS  # the same 2D formats as berdiff detect
 MODALITY_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
 # display defaults per modality (colormaps are napari names)
 _BRATS_COLORMAPS = {"flair": "gray", "t1": "gray", "t1ce": "gray", "t2": "gray"}
@@ -223,7 +223,7 @@ def read_oct_stack(files: list[Path], folder: Path | None = None) -> list[LayerD
     """Several B-scans as one (n, H, W) stack, sorted by name. Images of another size than the
     most common one are skipped with a warning."""
     if not files:
-        raise DataError(folder, "no OCT images (.jpeg, .png, .tif) in this folder")
+        raise DataError(folder, "no OCT images (.jpeg, .png, .tif, .bmp) in this folder")
     imgs = []
     bad: list[str] = []
     for f in files:

@@ -206,6 +206,12 @@ def _run(job: Job, torch) -> Generator:
     axes = sm.latent_axes(maps, x_layer.shape[-2:], (h, w))
     hi = float(max(np.percentile(amap[k], 99.9) for k in range(K))) if amap.size else 1.0
     prov = dict(res.provenance)
+    prov["normalize"] = ("percentile (per volume and channel, as the model's training volumes)"
+                         if det.percentile_volumes else
+                         "auto (per-volume percentiles only where the values leave [0, 1])")
+    prov["anomaly_map"] = ("sum over channels of (x - x_rec)^2 per pixel, unfiltered; the "
+                           "segmentation (and berdiff detect's anomaly map) use its 5x5 median-"
+                           "filtered version")
     prov["layer_slices"] = list(job.slices) if len(job.slices) <= 4096 else f"{job.slices[0]}.."
     prov["torch_threads"] = None if on_gpu else torch.get_num_threads()
     first = 0

@@ -88,6 +88,9 @@ class Controls:
         self.footer = Container(widgets=[buttons, self.status], labels=False)
         for lab in (self.model_info, self.input_info, self.device_info, self.status):
             lab.native.setWordWrap(True)
+        # the pinned status line keeps room for two lines (a wrapped message is never clipped)
+        lines = self.status.native.fontMetrics().lineSpacing()
+        self.status.native.setMinimumHeight(2 * lines + 6)
         for combo in (self.model_choice, self.multi, self.device, self.scope):
             elide_combo(combo)
 

@@ -236,6 +236,7 @@ class SideBySide:
             rec = self.outputs.reconstructions(outcome, k, ctx.src, ctx.base, ctx.channel_names)[0]
         diff = self.outputs.difference(outcome, k, ctx.src, ctx.base)
         self._layout([src, rec, diff])
+        self.viewer.reset_view()  # the camera of one image would show a third of each cell
 
     def _follow(self, outcome, k, src, base, channel_names) -> None:
         """Outputs were shown again (re-run, P swap) while the grid is on: keep the grid on them."""

@@ -190,3 +190,14 @@ def test_a_deleted_input_gives_a_warning_not_a_traceback(make_napari_viewer, qtb
     before = _state(viewer)
     w.toggle_side_by_side()
     assert not w.side_by_side.active and not w.outputs.difference_on and _state(viewer) == before
+
+
+def test_the_view_is_fitted_to_the_grid(make_napari_viewer, qtbot, ckpt1):
+    viewer = make_napari_viewer()
+    _oct(viewer)
+    w = _widget(viewer, ckpt1)
+    _run_and_wait(qtbot, w)
+    viewer.reset_view()
+    one_image = viewer.camera.zoom  # fitted to a single image
+    w.toggle_side_by_side()
+    assert viewer.camera.zoom < 0.6 * one_image  # three images side by side: zoomed out to fit

@@ -257,3 +257,24 @@ def test_channels_on_different_voxel_grids_are_refused():
     assert build_volume([layer("a FLAIR", 1.0), layer("a T1", 1.0)]).shape == (2, 3, 8, 8)
     with pytest.raises(InputError, match="same voxel grid"):
         build_volume([layer("a FLAIR", 1.0), layer("a T1", 3.0)])
+
+
+def test_a_bmp_b_scan_opens_through_the_plugin(make_napari_viewer, tmp_path):
+    from PIL import Image
+
+    img = (np.random.default_rng(0).random((40, 48)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "scan.bmp")
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "scan.bmp"), plugin="napari-berdiff")
+    layer = viewer.layers["scan"]
+    np.testing.assert_allclose(layer.data, img / 255.0, atol=1e-6)
+    assert layer.metadata.get("modality") == "oct"
+
+
+def test_no_size_warning_for_b_scans_resized_as_in_training(make_napari_viewer, ckpt1):
+    from napari_berdiff._inputs import fit_note
+    from napari_berdiff.core.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(ckpt1)  # "resize" mode, 32 px
+    assert fit_note(ck, (496, 512)) is None  # OCT2017-size B-scans shrink as the training's did
+    assert "enlarged" in fit_note(ck, (10, 12))
