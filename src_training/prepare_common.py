@@ -160,8 +160,9 @@ def image_job(args: tuple) -> Any:
 def skip_or_raise(skipped: list, name: str, err: DataError, skip_bad: bool) -> None:
     """Raise ``err``, or with ``skip_bad`` record it in ``skipped`` (``case`` = ``name``,
     ``file``, ``error``) and warn (``skipping NAME: ...``)."""
-    if not skip_bad:
-        raise err
+    if not skip_bad:  # say how to go on without the file (a large data set has a few bad ones)
+        raise DataError(err.path, f"{err.reason}; pass --skip-bad to leave such inputs out and "
+                                  "list them at the end") from err
     skipped.append({"case": name, "file": str(err.path), "error": str(err)})
     warnings.warn(f"skipping {name}: {err}", stacklevel=3)
 

@@ -41,3 +41,20 @@ def test_folders_given_as_checkpoints_or_export_targets(tmp_path):
     proc = _berdiff("export", src, out, "--overwrite")
     assert proc.returncode == 2 and "is a folder" in proc.stderr and "Traceback" not in proc.stderr
     assert list(out.iterdir()) == []
+
+
+def test_a_corrupt_image_names_the_file_and_the_way_on(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    normal = tmp_path / "src" / "NORMAL"
+    normal.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((40, 50), 60 * i, np.uint8)).save(normal / f"NORMAL-{i}-1.jpeg")
+    (normal / "NORMAL-9-1.jpeg").write_text("not an image")
+    proc = _berdiff("prepare-oct", tmp_path / "src", tmp_path / "prep", "--image-size", 32)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]  # after the progress bar: one line
+    assert err.startswith("berdiff prepare-oct: error:")
+    assert "NORMAL-9-1.jpeg" in err and "--skip-bad" in err and "pip install" not in err
+    assert not (tmp_path / "prep").exists()

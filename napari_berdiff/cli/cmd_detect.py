@@ -50,7 +50,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     model_args.add_batch_size_arg(p)
     p.add_argument("--slices", default=None, metavar="A:B",
-                   help="only these slices along the last axis (Python slice, e.g. 80:129)")
+                   help="only these axial slices, counted from the feet up in RAS order "
+                        "(the last axis of a BraTS-style file; Python slice, e.g. 80:129)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="threshold on the per-slice normalised map (paper: 0.5)")
     p.add_argument("--abs-threshold", type=float, default=None,

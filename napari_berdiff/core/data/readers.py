@@ -432,7 +432,13 @@ def _read_with_pillow(p: Path, first: Exception) -> np.ndarray:
 
 def _unreadable(p: Path, e: Exception) -> DataError:
     reason = " ".join(str(e).split())  # one line (imageio's messages span several)
-    return DataError(p, f"cannot read {p.name} as an image (corrupt or unsupported: "
+    if "backend" in reason.lower() or "pip install" in reason:
+        # imageio found no plugin for the bytes: a corrupt or mislabelled file, not a missing
+        # package (its advice to install one would mislead)
+        reason = "no image format recognised in the file"
+    elif len(reason) > 160:
+        reason = reason[:157] + "..."
+    return DataError(p, f"cannot read {p.name} as an image (corrupt or not an image: "
                         f"{type(e).__name__}: {reason})")
 
 
