@@ -156,6 +156,9 @@ def test_brain_mask_and_no_validation_split(prepared, checkpoint):
     assert math.isnan(rows["masked"]["strict_dice"]) and math.isnan(rows["threshold"]["paper_dice"])
     assert 0 <= rows["masked"]["strict_auprc"] <= 1 and res["config"]["brain_mask"]
     assert math.isnan(rows["masked"]["seconds_per_image"])
+    from napari_berdiff.core.evaluation_report import markdown_table
+
+    assert "no validation split was used" in markdown_table(res)  # the n/a is explained
 
 
 def test_pick_slices_spans_the_split():

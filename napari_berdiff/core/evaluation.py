@@ -270,6 +270,7 @@ def evaluate(detector, eval_split, val_split=None, *, L: int = 200, P: float = 0
         "dataset": meta.get("dataset"), "channels": meta.get("channels"),
         "n_test": N, "n_test_healthy": int(healthy.sum()), "n_test_diseased": int((~healthy).sum()),
         "n_test_pixel_labelled": int(lab_ok.sum()), "n_val": len(val_split) if has_val else 0,
+        "n_val_diseased": int((~np.asarray(val_split.healthy, bool)).sum()) if has_val else 0,
         "device": str(getattr(detector, "device", "")),
         "model": (getattr(detector, "meta", {}) or {}).get("name"),
         "model_hash": getattr(detector, "model_hash", None),

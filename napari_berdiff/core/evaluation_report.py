@@ -83,6 +83,12 @@ def markdown_table(results: dict) -> str:
             f"{_f(r.get('strict_auroc'))} | {_f(r.get('strict_dice'))} | "
             f"{_f(r.get('image_auroc_fraction'))} | {_f(r.get('image_auroc_area'))} | "
             f"{_f(r.get('seconds_per_image'), 2)} | {_f(r.get('peak_mem_mb'), 0)} |")
+    if cfg.get("n_val", 0) == 0 or cfg.get("n_val_diseased", 1) == 0:
+        why = ("no validation split was used" if cfg.get("n_val", 0) == 0 else
+               "the validation split has no diseased slices")
+        lines += ["", f"n/a in 'Dice pooled (val thr)' (and for the intensity threshold): {why}, "
+                      "so no threshold could be chosen on it; prepare the data with diseased "
+                      "validation slices (e.g. a larger or different --split)."]
     kinds = results.get("per_kind") or {}
     if kinds:
         methods = [r["method"] for r in results.get("methods", [])]
