@@ -66,7 +66,33 @@ def read_folder(path: str | list[str]) -> list[LayerData]:
     kind = _folder_kind(p)
     if kind == "brats":
         return _guarded(p.name, read_brats_layers, p)
+    if kind == "parent":
+        return _guarded(p.name, read_parent_folder, p)
     return _guarded(p.name, read_oct_stack, sorted(f for f in p.iterdir() if _is_oct(f)), p)
+
+
+MAX_PARENT_IMAGES = 400  # an OCT2017-style root opens as one stack per class up to this many
+
+
+def read_parent_folder(folder: Path) -> list[LayerData]:
+    """A folder of case folders or of image folders (an OCT2017 root with NORMAL/, DRUSEN/, ...):
+    image folders open as one stack each while they are small; BraTS case folders one at a time."""
+    subs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    kinds = {d: _folder_kind_flat(d) for d in subs}
+    cases = [d for d, k in kinds.items() if k == "brats"]
+    if cases:
+        raise DataError(folder, f"this folder holds {len(cases)} BraTS case folder(s) (e.g. "
+                                f"{cases[0].name}): open one case folder, or run `berdiff detect "
+                                f"{folder}` for all of them")
+    image_dirs = [d for d, k in kinds.items() if k == "oct"]
+    n = sum(sum(1 for f in d.iterdir() if _is_oct(f)) for d in image_dirs)
+    if n > MAX_PARENT_IMAGES:
+        raise DataError(folder, f"its subfolders hold {n} images (more than {MAX_PARENT_IMAGES} "
+                                f"to open at once): open one subfolder or some of its images")
+    out: list[LayerData] = []
+    for d in image_dirs:
+        out.extend(read_oct_stack(sorted(f for f in d.iterdir() if _is_oct(f)), d))
+    return out
 
 
 def _guarded(label: str, fn, *args) -> list[LayerData]:
@@ -156,16 +182,26 @@ def _is_integer_valued(a: np.ndarray) -> bool:
 
 # -- BraTS -------------------------------------------------------------------------------------
 def _folder_kind(folder: Path) -> str | None:
+    """"brats" (a case folder), "oct" (a folder of images), "parent" (a data set root whose
+    subfolders are either) or None."""
+    flat = _folder_kind_flat(folder)
+    if flat:
+        return flat
+    try:
+        subs = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError:
+        return None
+    return "parent" if any(_folder_kind_flat(d) for d in subs) else None
+
+
+def _folder_kind_flat(folder: Path) -> str | None:
     try:
         files = [f for f in folder.iterdir() if f.is_file()]
     except OSError:
         return None
-    names = [f.name.lower() for f in files]
-    if any(n.endswith(BRATS_CASE_SUFFIXES) for n in names):
+    if any(f.name.lower().endswith(BRATS_CASE_SUFFIXES) for f in files):
         return "brats"
-    if any(_is_oct(f) for f in files):
-        return "oct"
-    return None
+    return "oct" if any(_is_oct(f) for f in files) else None
 
 
 def read_brats_layers(folder: str | Path) -> list[LayerData]:

@@ -278,3 +278,29 @@ def test_no_size_warning_for_b_scans_resized_as_in_training(make_napari_viewer, 
     ck = load_checkpoint(ckpt1)  # "resize" mode, 32 px
     assert fit_note(ck, (496, 512)) is None  # OCT2017-size B-scans shrink as the training's did
     assert "enlarged" in fit_note(ck, (10, 12))
+
+
+def test_a_data_set_root_opens_per_class_or_says_what_to_open(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from napari_berdiff import _reader
+
+    root = tmp_path / "OCT2017"
+    for cls, n in (("NORMAL", 2), ("DRUSEN", 3)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((20, 24), 40 * i, np.uint8)).save(root / cls / f"{cls}-{i}-1.jpeg")
+    reader = _reader.napari_get_reader(str(root))
+    assert reader is not None
+    layers = reader(str(root))
+    assert sorted(kw["name"] for _, kw, _ in layers) == ["DRUSEN", "NORMAL"]
+    assert sorted(d.shape[0] for d, _, _ in layers) == [2, 3]
+    errors = []
+    monkeypatch.setattr(_reader, "_notify_error", errors.append)
+    monkeypatch.setattr(_reader, "MAX_PARENT_IMAGES", 4)
+    assert reader(str(root)) == [(None,)] and "open one subfolder" in errors[-1]
+    cases = tmp_path / "BraTS_root" / "BraTS20_Training_001"
+    cases.mkdir(parents=True)
+    (cases / "BraTS20_Training_001_flair.nii.gz").write_bytes(b"")
+    assert _reader.napari_get_reader(str(tmp_path / "BraTS_root"))(str(tmp_path / "BraTS_root")) == [(None,)]
+    assert "open one case folder" in errors[-1] and "berdiff detect" in errors[-1]
