@@ -228,6 +228,12 @@ def test_atomic_files_leave_nothing_on_interrupt(tmp_path):
             assert t.name.endswith(".nii.gz") and t.parent == target.parent
             t.write_bytes(b"partial")
             raise KeyboardInterrupt
+    assert not (tmp_path / "o").exists()  # not even the folder it made for the output
+    (tmp_path / "o").mkdir()
+    with pytest.raises(KeyboardInterrupt):  # a folder that was there stays
+        with AtomicFiles() as files:
+            files.temp(target).write_bytes(b"partial")
+            raise KeyboardInterrupt
     assert list((tmp_path / "o").iterdir()) == []
     with AtomicFiles() as files:
         files.temp(target).write_bytes(b"done")

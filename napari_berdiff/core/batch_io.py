@@ -351,10 +351,13 @@ class AtomicFiles:
 
     def __init__(self) -> None:
         self._pairs: list[tuple[Path, Path]] = []
+        self._made: list[Path] = []  # folders created here (removed again if left empty)
 
     def temp(self, final: str | Path) -> Path:
         final = Path(final)
+        missing = [d for d in (final.parent, *final.parent.parents) if not d.exists()]
         final.parent.mkdir(parents=True, exist_ok=True)
+        self._made.extend(missing)  # deepest first
         with _deferring():
             fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + _suffix(final),
                                        dir=final.parent)
@@ -383,6 +386,11 @@ class AtomicFiles:
             try:
                 tmp.unlink()
             except FileNotFoundError:
+                pass
+        for d in self._made:  # an interrupted first write leaves no empty --out folder behind
+            try:
+                d.rmdir()
+            except OSError:  # not empty (other outputs, the user's files) or already gone
                 pass
 
 
