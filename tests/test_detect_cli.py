@@ -97,7 +97,7 @@ def test_nifti_png_and_a_corrupt_file(ck1, tmp_path):
     assert [int(r["slice"]) for r in rows] == list(range(5))
     assert all(0.0 <= float(r["masked_fraction"]) <= 1.0 for r in rows)
     prov = json.loads((out / "head_berdiff_provenance.json").read_text())
-    assert prov["input"].endswith("head.nii.gz") and prov["detector"]["L"] == 6
+    assert prov["input"].endswith("head.nii.gz") and Path(prov["input"]).is_absolute() and prov["detector"]["L"] == 6
     assert prov["detector"]["model_hash"]
 
     assert np.asarray(Image.open(out / "scan_berdiff_mask.png")).shape == (40, 50)

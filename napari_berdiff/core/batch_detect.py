@@ -142,7 +142,7 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
              "anomaly_sum": float(amap[i].sum()),  # both from the written (median-filtered) map
              "anomaly_max": float(amap[i].max()), "seg_pixels": int(seg[i].sum())}
             for i, z in enumerate(idx)]
-    prov = {"input": str(item.path), "input_kind": item.kind, "name": item.name,
+    prov = {"input": str(item.path.resolve()), "input_kind": item.kind, "name": item.name,
             "outputs": {k: p.name for k, p in paths.items()},
             "shape": list(data.shape), "slices": idx if len(idx) <= 4096 else [idx[0], idx[-1]],
             "segmentation": {"map": f"sum_c median_filter((x - x_rec)^2, {s.median_size})",
