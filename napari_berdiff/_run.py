@@ -176,7 +176,7 @@ def _run(job: Job, torch) -> Generator:
         if bad:  # checked before normalising: percentiles of NaN data would hide them
             raise ValueError(f"the input contains {bad} NaN/Inf value(s); fix or mask them first")
         # as the model's training volumes were (BraTS-style: always per-volume percentiles)
-        vol = normalize_stack(vol, "percentile" if det.percentile_volumes else "auto", channel_axis=0)
+        vol = normalize_stack(vol, det.volume_normalize("auto"), channel_axis=0)
         yield Tick(0, 0, "normalised", time.perf_counter() - t0)
     sm = job.slice_map
     x_layer = np.ascontiguousarray(np.moveaxis(vol[:, job.slices], 1, 0))  # (N, C, H, W)

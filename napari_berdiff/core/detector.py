@@ -111,6 +111,7 @@ class Detector:
         self.fov, self.spacing_mm = field_of_view(self.meta, self.image_size)
         norm = self.meta.get("normalisation") or {}
         # volumes of a model trained on percentile-normalised volumes are always normalised so
+        # (volume_normalize)
         self.percentile_volumes = str(norm.get("method", "")).startswith("percentile")
 
     @classmethod
@@ -157,6 +158,12 @@ class Detector:
     def image_size(self) -> int:
         return int(self.autoencoder.config.image_size)
 
+    def volume_normalize(self, mode: str = "auto") -> str:
+        """The normalisation for a whole volume: ``"auto"`` becomes ``"percentile"`` for a model
+        trained on percentile-normalised volumes (whatever range the data have), as the
+        training volumes were."""
+        return "percentile" if mode == "auto" and self.percentile_volumes else mode
+
     def canvas_for(self, spacing: Sequence[float] | None):
         """See :func:`canvas_for` (module level) for this model."""
         return canvas_for(self.meta, self.image_size, spacing)
@@ -174,11 +181,9 @@ class Detector:
         slice index, so a slice gives the same result alone as within the volume."""
         vol = _as_channels_first(volume)
         _check_finite(vol)
-        mode = kwargs.pop("normalize", "auto")
-        if mode == "auto" and self.percentile_volumes:
-            mode = "percentile"  # as the training volumes were, whatever range the data have
-        applied = _applied(mode, vol)
-        vol = normalize_stack(vol, mode, channel_axis=0)
+        mode = self.volume_normalize(kwargs.pop("normalize", "auto"))
+        applied = resolve_normalize(mode, vol)
+        vol = normalize_stack(vol, applied, channel_axis=0)
         stack, idx = volume_to_slices(vol, slice_axis, slices)
         spacing = kwargs.pop("spacing", None)
         if spacing is not None:  # voxel sizes of the spatial axes -> those of a slice's rows, cols
@@ -227,8 +232,8 @@ class Detector:
         if int(L) > self.max_L:
             raise ValueError(f"L = {int(L)} is beyond the noise levels this model was trained for "
                              f"(L <= {self.max_L}); choose L <= {self.max_L}")
-        applied = _applied(normalize, x) if normalize != "none" else "none"
-        x = normalize_stack(x, normalize)
+        applied = resolve_normalize(normalize, x)
+        x = normalize_stack(x, applied)
         thresholds = [float(P)] if np.isscalar(P) else [float(p) for p in P]
         K = len(thresholds)
         idx = list(range(N)) if indices is None else [int(i) for i in indices]
@@ -442,8 +447,10 @@ def canvas_for(meta: dict, image_size: int, spacing: Sequence[float] | None = No
     return rows if rows == cols else (rows, cols)
 
 
-def _applied(mode: str, x: np.ndarray) -> str:
+def resolve_normalize(mode: str, x: np.ndarray) -> str:
     """What :func:`normalize_stack` does with ``mode`` on ``x``: "percentile" or "none"."""
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {mode!r}")
     if mode == "percentile" or (mode == "auto" and (float(x.min()) < 0.0 or float(x.max()) > 1.0)):
         return "percentile"
     return "none"
@@ -454,9 +461,7 @@ def normalize_stack(x: np.ndarray, mode: str = "auto", channel_axis: int = 1) ->
     ``"percentile"`` is the training preparation's robust per-volume normalisation
     (:func:`napari_berdiff.core.data.readers.normalize_volume`), ``"auto"`` applies it only when
     the data are not already within [0, 1], ``"none"`` leaves the data as they are."""
-    if mode not in NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {mode!r}")
-    if mode == "none" or (mode == "auto" and float(x.min()) >= 0.0 and float(x.max()) <= 1.0):
+    if resolve_normalize(mode, x) == "none":
         return x
     from .data.readers import normalize_volume
 
