@@ -63,7 +63,7 @@ def title_of(modality: str) -> str:
 
 def channel_titles(channel_names: list[str] | None, n: int) -> str:
     """``"4 channels (FLAIR, T1, T1ce, T2)"`` for messages."""
-    names = [_TITLES.get(str(c).lower(), str(c)) for c in (channel_names or [])]
+    names = [title_of(c) for c in (channel_names or [])]
     what = f"{n} channel{'s' if n != 1 else ''}"
     return f"{what} ({', '.join(names)})" if len(names) == n else what
 
@@ -300,13 +300,16 @@ def build_volume(layers: list, channel_axis: int | None = None) -> np.ndarray:
 def _check_same_grid(layers: list) -> None:
     """Layers read from NIfTI files (affine in their metadata) must share one voxel grid to be
     stacked as channels: same shape is not enough (another voxel size or origin)."""
+    from .core.data.readers import grid_difference
+
     affs = [(ly, (getattr(ly, "metadata", None) or {}).get("affine")) for ly in layers]
     affs = [(ly, np.asarray(a, float)) for ly, a in affs if a is not None]
     for ly, a in affs[1:]:
         ref_ly, ref = affs[0]
-        if a.shape != ref.shape or not np.allclose(a, ref, rtol=1e-4, atol=1e-3):
-            raise InputError(f"{ly.name} and {ref_ly.name} are not on the same voxel grid (their "
-                             f"NIfTI affines differ): resample one onto the other first")
+        what = grid_difference(a, ref)  # the readers' rule for one BraTS case's files
+        if what:
+            raise InputError(f"{ly.name} and {ref_ly.name} are not on the same voxel grid ({what}): "
+                             "resample one onto the other first")
 
 
 def _numeric(a: np.ndarray) -> bool:

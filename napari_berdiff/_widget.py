@@ -271,9 +271,7 @@ class BerdiffWidget(ModelInputs, QWidget):
 
     def _stop_worker(self):
         if self.worker is not None:
-            self._gen += 1  # results still queued from the old run are ignored
-            self.worker.quit()
-            self.worker = None
+            self._quiet_stop()
             self._update_buttons()
 
     def _on_yield(self, gen, ctx, item):
@@ -453,7 +451,7 @@ class BerdiffWidget(ModelInputs, QWidget):
     def _quiet_stop(self):
         """Stop the run in flight without touching the controls (they may be deleted)."""
         if self.worker is not None:
-            self._gen += 1
+            self._gen += 1  # results still queued from the old run are ignored
             self.worker.quit()
             self.worker = None
 

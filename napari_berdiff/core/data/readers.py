@@ -39,6 +39,7 @@ __all__ = [
     "load_nifti",
     "find_brats_case",
     "load_brats_case",
+    "grid_difference",
     "load_image_2d",
     "image_bit_depth",
     "normalize_volume",
@@ -264,18 +265,28 @@ AFFINE_ATOL = 1e-3
 AFFINE_RTOL = 1e-4
 
 
-def _check_same_grid(path: Path, affine: np.ndarray, ref: Path, ref_affine: np.ndarray) -> None:
-    if np.allclose(affine, ref_affine, rtol=AFFINE_RTOL, atol=AFFINE_ATOL):
-        return
+def grid_difference(affine: np.ndarray, ref_affine: np.ndarray) -> str | None:
+    """How two NIfTI affines differ as voxel grids (for messages), or None when they are the same
+    grid within ``AFFINE_RTOL`` / ``AFFINE_ATOL``."""
+    affine, ref_affine = np.asarray(affine, float), np.asarray(ref_affine, float)
+    if affine.shape == ref_affine.shape and np.allclose(affine, ref_affine, rtol=AFFINE_RTOL,
+                                                        atol=AFFINE_ATOL):
+        return None
+    if affine.shape != ref_affine.shape:
+        return f"affines of shape {affine.shape} vs {ref_affine.shape}"
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     ref_zooms = np.sqrt((ref_affine[:3, :3] ** 2).sum(axis=0))
     if not np.allclose(zooms, ref_zooms, rtol=AFFINE_RTOL, atol=AFFINE_ATOL):
-        what = (f"voxel sizes {'x'.join(f'{z:g}' for z in zooms)} mm vs "
+        return (f"voxel sizes {'x'.join(f'{z:g}' for z in zooms)} mm vs "
                 f"{'x'.join(f'{z:g}' for z in ref_zooms)} mm")
-    else:
-        what = f"affines differ by up to {float(np.abs(affine - ref_affine).max()):.4g} mm"
-    raise DataError(path, f"{path.name} and {ref.name} are not on the same voxel grid ({what}); "
-                          "resample the case's files onto one grid first")
+    return f"affines differ by up to {float(np.abs(affine - ref_affine).max()):.4g} mm"
+
+
+def _check_same_grid(path: Path, affine: np.ndarray, ref: Path, ref_affine: np.ndarray) -> None:
+    what = grid_difference(affine, ref_affine)
+    if what:
+        raise DataError(path, f"{path.name} and {ref.name} are not on the same voxel grid "
+                              f"({what}); resample the case's files onto one grid first")
 
 
 def load_brats_case(folder: str | Path, *, nan_policy: str = "raise", require_seg: bool = False,
