@@ -58,3 +58,35 @@ def add_small_case(viewer, shape=(6, 48, 48), name="case", scale=(3.0, 1.5, 1.5)
         layers.append(viewer.add_image(vol, name=f"{name} {mod}", scale=scale, translate=translate,
                                        metadata={"modality": mod.lower(), "case": name}))
     return layers
+
+
+WIDGET_TIMEOUT = 120_000  # ms
+
+
+def configure(w, ckpt, L=20, steps=3, sweep="0.5", P=0.5, scope=None):
+    """Set the widget's model and run settings (small and fast)."""
+    w.set_checkpoint(ckpt)
+    w.c.L.value = L
+    w.c.steps.value = steps
+    w.c.sweep.value = sweep
+    w.c.P.value = P
+    if scope is not None:
+        w.c.scope.value = scope
+    return w
+
+
+def new_widget(viewer, ckpt, **settings):
+    """A BerdiffWidget on ``viewer`` with :func:`configure`'s settings."""
+    from napari_berdiff._widget import BerdiffWidget
+
+    return configure(BerdiffWidget(viewer), ckpt, **settings)
+
+
+def run_and_wait(qtbot, w):
+    """Run and wait until the run is over; it must have finished with results."""
+    worker = w.run()
+    assert worker is not None, w.c.status.value
+    qtbot.waitUntil(lambda: not w.is_busy(), timeout=WIDGET_TIMEOUT)
+    assert w.outcome is not None, w.c.status.value
+    assert w.c.status.value.startswith("done:"), w.c.status.value  # not overwritten by a late tick
+    return worker

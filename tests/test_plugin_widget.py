@@ -9,22 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from _plugin_helpers import add_small_case, tiny_checkpoint
+from _plugin_helpers import add_small_case, configure, run_and_wait, tiny_checkpoint
 from napari_berdiff._widget import BerdiffWidget
 from napari_berdiff.core.detector import Detector
 
 pytestmark = pytest.mark.gui
 TIMEOUT = 120_000
-
-
-@pytest.fixture(scope="module")
-def ckpt4(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny4.pt", channels=4)
-
-
-@pytest.fixture(scope="module")
-def ckpt1(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny1.pt", channels=1, mode="resize")
 
 
 @pytest.fixture
@@ -48,20 +38,11 @@ def count_calls(monkeypatch):
 
 
 def _configure(w, ckpt, L=20, steps=4, sweep="0.3, 0.7", P=0.5, scope="current slice"):
-    w.set_checkpoint(ckpt)
-    w.c.L.value = L
-    w.c.steps.value = steps
-    w.c.sweep.value = sweep
-    w.c.P.value = P
-    w.c.scope.value = scope
+    configure(w, ckpt, L=L, steps=steps, sweep=sweep, P=P, scope=scope)
 
 
 def _run_and_wait(qtbot, w):
-    worker = w.run()
-    assert worker is not None, w.c.status.value
-    qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
-    assert w.outcome is not None, w.c.status.value
-    assert w.c.status.value.startswith("done:"), w.c.status.value  # not overwritten by a late tick
+    worker = run_and_wait(qtbot, w)
     assert all(w.outcome.seg_ready)
     return worker
 

@@ -6,32 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _plugin_helpers import tiny_checkpoint
-from napari_berdiff._widget import BerdiffWidget
+from _plugin_helpers import new_widget, run_and_wait
 
 pytestmark = pytest.mark.gui
-TIMEOUT = 120_000
-
-
-@pytest.fixture(scope="module")
-def ckpt1(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny1.pt", channels=1, mode="resize")
-
-
-def _widget(viewer, ckpt, sweep="0.5"):
-    w = BerdiffWidget(viewer)
-    w.set_checkpoint(ckpt)
-    w.c.L.value = 20
-    w.c.steps.value = 3
-    w.c.sweep.value = sweep
-    w.c.P.value = 0.5
-    return w
-
-
-def _run_and_wait(qtbot, w):
-    assert w.run() is not None, w.c.status.value
-    qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
-    assert w.outcome is not None and w.c.status.value.startswith("done:"), w.c.status.value
 
 
 def _state(viewer):
@@ -43,6 +20,16 @@ def _state(viewer):
 def _oct(viewer, name="scan", seed=0):
     img = np.random.default_rng(seed).random((40, 50)).astype(np.float32)
     return viewer.add_image(img, name=name, metadata={"modality": "oct"})
+
+
+@pytest.fixture
+def scan_run(make_napari_viewer, qtbot, ckpt1):
+    """(viewer, widget) after a run on one OCT scan "scan"."""
+    viewer = make_napari_viewer()
+    _oct(viewer)
+    w = new_widget(viewer, ckpt1)
+    run_and_wait(qtbot, w)
+    return viewer, w
 
 
 def _assert_grid(viewer, names):
@@ -62,8 +49,8 @@ def test_toggling_off_restores_the_viewer_and_later_runs_add_no_difference(make_
     viewer = make_napari_viewer()
     _oct(viewer)
     notes = viewer.add_points(np.array([[5.0, 5.0]]), name="notes", visible=False)
-    w = _widget(viewer, ckpt1)
-    _run_and_wait(qtbot, w)
+    w = new_widget(viewer, ckpt1)
+    run_and_wait(qtbot, w)
     before = _state(viewer)
     assert viewer.layers["scan anomaly map"].visible and not viewer.layers["scan reconstruction"].visible
 
@@ -80,7 +67,7 @@ def test_toggling_off_restores_the_viewer_and_later_runs_add_no_difference(make_
 
     # later runs (a new seed, a P from the sweep) add no difference layer and keep the visibility
     w.c.seed.value = 7
-    _run_and_wait(qtbot, w)
+    run_and_wait(qtbot, w)
     assert "scan difference" not in viewer.layers and _state(viewer) == before
     # ... until side by side is on again, and off again
     w.toggle_side_by_side()
@@ -89,11 +76,8 @@ def test_toggling_off_restores_the_viewer_and_later_runs_add_no_difference(make_
     assert "scan difference" not in viewer.layers and _state(viewer) == before
 
 
-def test_showing_twice_in_a_row_keeps_the_first_snapshot(make_napari_viewer, qtbot, ckpt1):
-    viewer = make_napari_viewer()
-    _oct(viewer)
-    w = _widget(viewer, ckpt1)
-    _run_and_wait(qtbot, w)
+def test_showing_twice_in_a_row_keeps_the_first_snapshot(scan_run):
+    viewer, w = scan_run
     before = _state(viewer)
     w.side_by_side.show(w.outcome, 0, w.context)
     w.side_by_side.show(w.outcome, 0, w.context)  # a second "on" must not save the grid as "before"
@@ -108,7 +92,7 @@ def test_showing_twice_in_a_row_keeps_the_first_snapshot(make_napari_viewer, qtb
 def test_toggling_without_outputs_gives_a_message(make_napari_viewer, ckpt1):
     viewer = make_napari_viewer()
     _oct(viewer)
-    w = _widget(viewer, ckpt1)
+    w = new_widget(viewer, ckpt1)
     before = _state(viewer)
     w.toggle_side_by_side()
     assert "run" in w.c.status.value.lower()
@@ -119,14 +103,14 @@ def test_toggling_without_outputs_gives_a_message(make_napari_viewer, ckpt1):
 def test_a_rerun_while_on_keeps_the_grid_on_the_new_outputs(make_napari_viewer, qtbot, ckpt1):
     viewer = make_napari_viewer()
     _oct(viewer)
-    w = _widget(viewer, ckpt1, sweep="0.3, 0.7")
-    _run_and_wait(qtbot, w)
+    w = new_widget(viewer, ckpt1, sweep="0.3, 0.7")
+    run_and_wait(qtbot, w)
     before = _state(viewer)
     w.toggle_side_by_side()
     old = viewer.layers["scan difference"].data.copy()
 
     w.c.seed.value = 3  # a re-run on the same input
-    _run_and_wait(qtbot, w)
+    run_and_wait(qtbot, w)
     _assert_grid(viewer, ["scan", "scan reconstruction", "scan difference"])
     _assert_difference(viewer, "scan")
     assert not np.allclose(viewer.layers["scan difference"].data, old)
@@ -142,17 +126,14 @@ def test_a_rerun_while_on_keeps_the_grid_on_the_new_outputs(make_napari_viewer, 
 
 
 def test_a_run_on_another_input_while_on_moves_the_grid_and_off_removes_both_differences(
-        make_napari_viewer, qtbot, ckpt1):
-    viewer = make_napari_viewer()
-    _oct(viewer)
-    w = _widget(viewer, ckpt1)
-    _run_and_wait(qtbot, w)
+        scan_run, qtbot):
+    viewer, w = scan_run
     before = _state(viewer)
     w.toggle_side_by_side()
 
     other = _oct(viewer, "other", seed=1)
     w._combos[0].value = other
-    _run_and_wait(qtbot, w)
+    run_and_wait(qtbot, w)
     _assert_grid(viewer, ["other", "other reconstruction", "other difference"])
     _assert_difference(viewer, "other")
 
@@ -165,11 +146,8 @@ def test_a_run_on_another_input_while_on_moves_the_grid_and_off_removes_both_dif
     assert not viewer.layers["other reconstruction"].visible
 
 
-def test_a_deleted_reconstruction_is_put_back(make_napari_viewer, qtbot, ckpt1):
-    viewer = make_napari_viewer()
-    _oct(viewer)
-    w = _widget(viewer, ckpt1)
-    _run_and_wait(qtbot, w)
+def test_a_deleted_reconstruction_is_put_back(scan_run):
+    viewer, w = scan_run
     viewer.layers.remove("scan reconstruction")
     before = _state(viewer)
     w.toggle_side_by_side()
@@ -181,22 +159,16 @@ def test_a_deleted_reconstruction_is_put_back(make_napari_viewer, qtbot, ckpt1):
     assert not viewer.layers["scan reconstruction"].visible
 
 
-def test_a_deleted_input_gives_a_warning_not_a_traceback(make_napari_viewer, qtbot, ckpt1):
-    viewer = make_napari_viewer()
-    _oct(viewer)
-    w = _widget(viewer, ckpt1)
-    _run_and_wait(qtbot, w)
+def test_a_deleted_input_gives_a_warning_not_a_traceback(scan_run):
+    viewer, w = scan_run
     viewer.layers.remove("scan")
     before = _state(viewer)
     w.toggle_side_by_side()
     assert not w.side_by_side.active and not w.outputs.difference_on and _state(viewer) == before
 
 
-def test_the_view_is_fitted_to_the_grid(make_napari_viewer, qtbot, ckpt1):
-    viewer = make_napari_viewer()
-    _oct(viewer)
-    w = _widget(viewer, ckpt1)
-    _run_and_wait(qtbot, w)
+def test_the_view_is_fitted_to_the_grid(scan_run):
+    viewer, w = scan_run
     viewer.reset_view()
     one_image = viewer.camera.zoom  # fitted to a single image
     w.toggle_side_by_side()

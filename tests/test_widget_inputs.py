@@ -10,23 +10,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from _plugin_helpers import add_small_case, tiny_checkpoint
+from _plugin_helpers import add_small_case, new_widget, run_and_wait, tiny_checkpoint
 from napari_berdiff._widget import BerdiffWidget
 from napari_berdiff.core.detector import Detector
 
 pytestmark = pytest.mark.gui
 TIMEOUT = 120_000
 PLOT_DOCK = "berdiff: masked fraction per slice"
-
-
-@pytest.fixture(scope="module")
-def ckpt4(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny4.pt", channels=4)
-
-
-@pytest.fixture(scope="module")
-def ckpt1(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny1.pt", channels=1, mode="resize")
 
 
 @pytest.fixture
@@ -46,21 +36,6 @@ def _oct(viewer, name, seed=0):
     return viewer.add_image(img, name=name, metadata={"modality": "oct"})
 
 
-def _widget(viewer, ckpt, L=20, steps=3):
-    w = BerdiffWidget(viewer)
-    w.set_checkpoint(ckpt)
-    w.c.L.value = L
-    w.c.steps.value = steps
-    w.c.sweep.value = "0.5"
-    return w
-
-
-def _run_and_wait(qtbot, w):
-    assert w.run() is not None, w.c.status.value
-    qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
-    assert w.outcome is not None and w.c.status.value.startswith("done:"), w.c.status.value
-
-
 def _picked(w):
     return [cb.value for cb in w._combos]
 
@@ -68,11 +43,11 @@ def _picked(w):
 def test_the_input_follows_a_layer_just_opened_and_stays_after_a_run(make_napari_viewer, qtbot, ckpt1):
     viewer = make_napari_viewer()
     a = _oct(viewer, "a")
-    w = _widget(viewer, ckpt1)
+    w = new_widget(viewer, ckpt1)
     assert _picked(w) == [a]
     b = _oct(viewer, "b", seed=1)
     assert _picked(w) == [b]  # the image just opened, not the one opened before it
-    _run_and_wait(qtbot, w)
+    run_and_wait(qtbot, w)
     assert w.context.layers == [b]
     assert _picked(w) == [b]  # the run's output layers did not move it
     assert viewer.layers.selection.active.name == "b anomaly map"  # layer controls show the map
@@ -85,7 +60,7 @@ def test_the_input_follows_a_layer_just_opened_and_stays_after_a_run(make_napari
 
 def test_a_lone_modality_fills_its_slot_and_a_new_case_takes_over_once_complete(make_napari_viewer, qtbot, ckpt4):
     viewer = make_napari_viewer()
-    w = _widget(viewer, ckpt4)
+    w = new_widget(viewer, ckpt4)
     flair = viewer.add_image(np.ones((4, 32, 32), np.float32), name="x FLAIR",
                              metadata={"modality": "flair", "case": "x"})
     assert _picked(w) == [flair, None, None, None]
@@ -93,7 +68,7 @@ def test_a_lone_modality_fills_its_slot_and_a_new_case_takes_over_once_complete(
     assert w.c.multi.value is None  # a 3D FLAIR volume is not taken for a (C, Y, X) stack
     a = add_small_case(viewer, name="caseA")
     assert _picked(w) == a
-    _run_and_wait(qtbot, w)
+    run_and_wait(qtbot, w)
     assert _picked(w) == a
     b = add_small_case(viewer, name="caseB")
     assert _picked(w) == b  # the case opened last, once all its modalities are in
@@ -110,7 +85,7 @@ def test_a_plain_2d_image_gets_the_one_channel_model(make_napari_viewer):
 def test_a_modality_the_model_was_not_trained_on_is_named(make_napari_viewer, ckpt1):
     viewer = make_napari_viewer()
     viewer.add_image(np.ones((40, 48), np.float32), name="scan FLAIR", metadata={"modality": "flair"})
-    w = _widget(viewer, ckpt1)
+    w = new_widget(viewer, ckpt1)
     assert "looks like FLAIR" in w.c.input_info.value and "OCT" in w.c.input_info.value
 
 
@@ -119,7 +94,7 @@ def test_long_layer_names_do_not_widen_the_widget_and_run_stays_in_sight(make_na
 
     viewer = make_napari_viewer()
     add_small_case(viewer, name="c")
-    w = _widget(viewer, ckpt4)
+    w = new_widget(viewer, ckpt4)
     short = w.c.container.native.minimumSizeHint().width()
     viewer.layers.clear()
     add_small_case(viewer, name="BraTS20_Training_001_a_case_with_a_long_folder_name")
@@ -131,15 +106,21 @@ def test_long_layer_names_do_not_widen_the_widget_and_run_stays_in_sight(make_na
         assert w.isAncestorOf(ctl.native)
 
 
-def test_closing_the_dock_mid_run_cancels_it_and_removes_the_plot(make_napari_viewer, qtbot, ckpt4, slow_network):
+def _sampling(make_napari_viewer, qtbot, ckpt4, dock: bool):
+    """(viewer, widget, layer count before the run) with a slow all-slices run sampling."""
     viewer = make_napari_viewer()
     add_small_case(viewer, name="case")
-    w = _widget(viewer, ckpt4, L=40, steps=40)
-    w.c.scope.value = "all slices"
-    viewer.window.add_dock_widget(w, name="berdiff")
+    w = new_widget(viewer, ckpt4, L=40, steps=40, scope="all slices")
+    if dock:
+        viewer.window.add_dock_widget(w, name="berdiff")
     n = len(viewer.layers)
     assert w.run() is not None
     qtbot.waitUntil(lambda: "sampling" in w.c.status.value, timeout=TIMEOUT)
+    return viewer, w, n
+
+
+def test_closing_the_dock_mid_run_cancels_it_and_removes_the_plot(make_napari_viewer, qtbot, ckpt4, slow_network):
+    viewer, w, n = _sampling(make_napari_viewer, qtbot, ckpt4, dock=True)
     assert PLOT_DOCK in viewer.window._wrapped_dock_widgets
     viewer.window.remove_dock_widget(w)  # what the dock's close button does
     qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
@@ -149,13 +130,7 @@ def test_closing_the_dock_mid_run_cancels_it_and_removes_the_plot(make_napari_vi
 
 
 def test_changing_the_model_mid_run_cancels_it(make_napari_viewer, qtbot, ckpt4, slow_network):
-    viewer = make_napari_viewer()
-    add_small_case(viewer, name="case")
-    w = _widget(viewer, ckpt4, L=40, steps=40)
-    w.c.scope.value = "all slices"
-    n = len(viewer.layers)
-    assert w.run() is not None
-    qtbot.waitUntil(lambda: "sampling" in w.c.status.value, timeout=TIMEOUT)
+    viewer, w, n = _sampling(make_napari_viewer, qtbot, ckpt4, dock=False)
     w.c.model_choice.value = "bundled OCT model"
     qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
     qtbot.wait(200)
@@ -164,13 +139,7 @@ def test_changing_the_model_mid_run_cancels_it(make_napari_viewer, qtbot, ckpt4,
 
 
 def test_closing_the_viewer_mid_run_raises_nothing(make_napari_viewer, qtbot, ckpt4, slow_network):
-    viewer = make_napari_viewer()
-    add_small_case(viewer, name="case")
-    w = _widget(viewer, ckpt4, L=40, steps=40)
-    w.c.scope.value = "all slices"
-    viewer.window.add_dock_widget(w, name="berdiff")
-    assert w.run() is not None
-    qtbot.waitUntil(lambda: "sampling" in w.c.status.value, timeout=TIMEOUT)
+    viewer, w, _ = _sampling(make_napari_viewer, qtbot, ckpt4, dock=True)
     viewer.close()  # pytest-qt fails the test on an exception raised in a Qt callback
     qtbot.waitUntil(lambda: not w.is_busy(), timeout=TIMEOUT)
     qtbot.wait(300)
@@ -179,7 +148,7 @@ def test_closing_the_viewer_mid_run_raises_nothing(make_napari_viewer, qtbot, ck
 def test_the_eta_waits_for_a_second_tick_and_is_never_negative(make_napari_viewer, ckpt1):
     viewer = make_napari_viewer()
     _oct(viewer, "a")
-    w = _widget(viewer, ckpt1)
+    w = new_widget(viewer, ckpt1)
     w._gen = gen = 7
     for done, elapsed in ((1, 2.0), (3, 3.0)):
         w._last_ui = 0.0
@@ -216,12 +185,11 @@ def test_a_volume_stored_lps_or_ras_gives_the_same_maps(make_napari_viewer, qtbo
         viewer.open(str(tmp_path / f"{name}.nii.gz"), plugin="napari-berdiff")
     la, lb = viewer.layers["ras"], viewer.layers["lps"]
     np.testing.assert_array_equal(la.data, lb.data)  # the same head, shown the same way
-    w = _widget(viewer, ck, L=6, steps=3)
-    w.c.scope.value = "all slices"
+    w = new_widget(viewer, ck, L=6, steps=3, scope="all slices")
     maps = {}
     for layer in (la, lb):
         w._combos[0].value = layer
-        _run_and_wait(qtbot, w)
+        run_and_wait(qtbot, w)
         maps[layer.name] = np.asarray(viewer.layers[f"{layer.name} anomaly map"].data).copy()
     assert maps["ras"].max() > 0
     np.testing.assert_allclose(maps["lps"], maps["ras"], atol=1e-6)
