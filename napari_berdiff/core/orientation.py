@@ -34,10 +34,15 @@ def is_canonical(ornt: np.ndarray) -> bool:
     return bool(np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]))
 
 
+def _voxel_axes(ornt: np.ndarray) -> list[int]:
+    """The voxel axis that runs along each canonical axis R, A, S."""
+    return [int(np.flatnonzero(ornt[:, 0] == c)[0]) for c in range(3)]
+
+
 def to_canonical(arr: np.ndarray, ornt: np.ndarray) -> np.ndarray:
     """``(..., X, Y, Z)`` in voxel order -> ``(..., R, A, S)`` (a view where possible)."""
     lead = arr.ndim - 3
-    src = [int(np.flatnonzero(ornt[:, 0] == c)[0]) for c in range(3)]  # voxel axis of each canonical
+    src = _voxel_axes(ornt)
     out = np.transpose(arr, tuple(range(lead)) + tuple(lead + v for v in src))
     flips = tuple(lead + c for c, v in enumerate(src) if ornt[v, 1] < 0)
     return np.flip(out, flips) if flips else out
@@ -46,7 +51,7 @@ def to_canonical(arr: np.ndarray, ornt: np.ndarray) -> np.ndarray:
 def from_canonical(arr: np.ndarray, ornt: np.ndarray) -> np.ndarray:
     """The inverse of :func:`to_canonical`: ``(..., R, A, S)`` -> the file's voxel order."""
     lead = arr.ndim - 3
-    src = [int(np.flatnonzero(ornt[:, 0] == c)[0]) for c in range(3)]
+    src = _voxel_axes(ornt)
     flips = tuple(lead + c for c, v in enumerate(src) if ornt[v, 1] < 0)
     out = np.flip(arr, flips) if flips else arr
     inv = np.argsort(src)  # canonical position of each voxel axis
@@ -55,11 +60,12 @@ def from_canonical(arr: np.ndarray, ornt: np.ndarray) -> np.ndarray:
 
 def canonical_zooms(affine, ornt: np.ndarray | None = None) -> tuple[float, float, float]:
     """Voxel sizes (mm) along the canonical axes R, A, S."""
+    from nibabel.affines import voxel_sizes
+
     A = np.asarray(affine, dtype=np.float64)
-    zooms = np.sqrt((A[:3, :3] ** 2).sum(axis=0))  # per voxel axis
+    zooms = voxel_sizes(A)  # per voxel axis
     ornt = orientation_of(A) if ornt is None else ornt
-    src = [int(np.flatnonzero(ornt[:, 0] == c)[0]) for c in range(3)]
-    return tuple(float(zooms[v]) for v in src)
+    return tuple(float(zooms[v]) for v in _voxel_axes(ornt))
 
 
 def axcodes(ornt: np.ndarray) -> str:

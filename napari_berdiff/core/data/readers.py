@@ -274,8 +274,9 @@ def grid_difference(affine: np.ndarray, ref_affine: np.ndarray) -> str | None:
         return None
     if affine.shape != ref_affine.shape:
         return f"affines of shape {affine.shape} vs {ref_affine.shape}"
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    ref_zooms = np.sqrt((ref_affine[:3, :3] ** 2).sum(axis=0))
+    from nibabel.affines import voxel_sizes
+
+    zooms, ref_zooms = voxel_sizes(affine), voxel_sizes(ref_affine)
     if not np.allclose(zooms, ref_zooms, rtol=AFFINE_RTOL, atol=AFFINE_ATOL):
         return (f"voxel sizes {'x'.join(f'{z:g}' for z in zooms)} mm vs "
                 f"{'x'.join(f'{z:g}' for z in ref_zooms)} mm")
