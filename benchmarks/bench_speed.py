@@ -43,13 +43,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from napari_berdiff.core.accel import configure_threads  # noqa: E402
-from napari_berdiff.core.autoencoder import BinaryAutoencoder  # noqa: E402
-from napari_berdiff.core.batching import parse_batch_size  # noqa: E402
-from napari_berdiff.core.configs import get_preset  # noqa: E402
-from napari_berdiff.core.detector import Detector  # noqa: E402
-from napari_berdiff.core.sampler import masked_sampler, run_sampler  # noqa: E402
-from napari_berdiff.core.unet import BernoulliUNet  # noqa: E402
+from napari_berdiff.core.inference.accel import configure_threads  # noqa: E402
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder  # noqa: E402
+from napari_berdiff.core.inference.batching import parse_batch_size  # noqa: E402
+from napari_berdiff.core.models.configs import get_preset  # noqa: E402
+from napari_berdiff.core.inference.detector import Detector  # noqa: E402
+from napari_berdiff.core.diffusion.sampler import masked_sampler, run_sampler  # noqa: E402
+from napari_berdiff.core.models.unet import BernoulliUNet  # noqa: E402
 
 
 # -- timing helpers ---------------------------------------------

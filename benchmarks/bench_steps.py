@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     import torch
 
     from napari_berdiff.cli.cmd_evaluate import load_splits
-    from napari_berdiff.core.detector import Detector
-    from napari_berdiff.core.evaluation_grid import grid_sweep
+    from napari_berdiff.core.inference.detector import Detector
+    from napari_berdiff.core.evaluation.grid import grid_sweep
     from napari_berdiff.weights import bundled_path
 
     if a.threads:

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from napari_berdiff.core.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_berdiff.core.configs import get_preset
-from napari_berdiff.core.schedule import BernoulliSchedule
-from src_training.distributed import init_distributed
-from src_training.train_autoencoder import AutoencoderTask
-from src_training.train_diffusion import DiffusionTask
-from src_training.train_state import resolve_amp
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.models.checkpoint import load_checkpoint, save_checkpoint
+from napari_berdiff.core.models.configs import get_preset
+from napari_berdiff.core.diffusion.schedule import BernoulliSchedule
+from src_training.train.distributed import init_distributed
+from src_training.train.train_autoencoder import AutoencoderTask
+from src_training.train.train_diffusion import DiffusionTask
+from src_training.train.train_state import resolve_amp
 
 
 def _sync(device: torch.device) -> None:

@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     import torch
     from qtpy.QtWidgets import QApplication
 
-    from napari_berdiff._widget import BerdiffWidget
+    from napari_berdiff.plugin.widget import BerdiffWidget
 
     tmp = tempfile.TemporaryDirectory()
     ck, desc = model(args.preset, Path(tmp.name))

@@ -12,9 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from napari_berdiff.core.checkpoint import load_checkpoint  # noqa: E402
-from napari_berdiff.core.evaluation_report import pick_slices  # noqa: E402
-from src_training.datasets import load_eval_split  # noqa: E402
+from napari_berdiff.core.models.checkpoint import load_checkpoint  # noqa: E402
+from napari_berdiff.core.evaluation.report import pick_slices  # noqa: E402
+from src_training.train.datasets import load_eval_split  # noqa: E402
 
 
 def load_diseased(ckpt_path: str, data: str, split: str, max_slices: int | None):

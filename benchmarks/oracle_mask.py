@@ -27,9 +27,9 @@ from scipy.ndimage import binary_dilation
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.diseased_slices import cell_fraction, load_diseased, parse, parser  # noqa: E402
-from napari_berdiff.core.metrics import paper_slice_metrics  # noqa: E402
-from napari_berdiff.core.sampler import binary_posterior, masked_sampler, run_sampler  # noqa: E402
-from napari_berdiff.core.schedule import step_grid  # noqa: E402
+from napari_berdiff.core.evaluation.metrics import paper_slice_metrics  # noqa: E402
+from napari_berdiff.core.diffusion.sampler import binary_posterior, masked_sampler, run_sampler  # noqa: E402
+from napari_berdiff.core.diffusion.schedule import step_grid  # noqa: E402
 
 
 def fixed_mask_sample(model, z: torch.Tensor, mask: torch.Tensor, schedule, L: int, steps: int,

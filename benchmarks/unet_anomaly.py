@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.diseased_slices import cell_fraction, load_diseased, parse, parser  # noqa: E402
-from napari_berdiff.core.metrics import auroc  # noqa: E402
+from napari_berdiff.core.evaluation.metrics import auroc  # noqa: E402
 
 
 def cell_labels(labels: np.ndarray, factor: int) -> np.ndarray:

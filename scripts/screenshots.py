@@ -40,10 +40,10 @@ def random_models(folder: Path) -> dict[str, Path]:
     """Randomly initialised "small" models (for when the bundled ones are not trained yet)."""
     import torch
 
-    from napari_berdiff.core.autoencoder import BinaryAutoencoder
-    from napari_berdiff.core.checkpoint import save_checkpoint
-    from napari_berdiff.core.configs import get_preset
-    from napari_berdiff.core.unet import BernoulliUNet
+    from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+    from napari_berdiff.core.models.checkpoint import save_checkpoint
+    from napari_berdiff.core.models.configs import get_preset
+    from napari_berdiff.core.models.unet import BernoulliUNet
 
     out = {}
     for name, c, names, mode in (("brats", 4, ["flair", "t1", "t1ce", "t2"], "pad"), ("oct", 1, ["oct"], "resize")):

@@ -16,10 +16,10 @@ def tiny_checkpoint(path: Path, channels: int = 4, seed: int = 0, names=None, mo
     some signal in its zero-initialised output so that masks grow."""
     import torch
 
-    from napari_berdiff.core.autoencoder import BinaryAutoencoder
-    from napari_berdiff.core.checkpoint import save_checkpoint
-    from napari_berdiff.core.configs import get_preset
-    from napari_berdiff.core.unet import BernoulliUNet
+    from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+    from napari_berdiff.core.models.checkpoint import save_checkpoint
+    from napari_berdiff.core.models.configs import get_preset
+    from napari_berdiff.core.models.unet import BernoulliUNet
 
     torch.manual_seed(seed)
     ae_cfg, unet_cfg = get_preset(preset, channels)
@@ -77,7 +77,7 @@ def configure(w, ckpt, L=20, steps=3, sweep="0.5", P=0.5, scope=None):
 
 def new_widget(viewer, ckpt, **settings):
     """A BerdiffWidget on ``viewer`` with :func:`configure`'s settings."""
-    from napari_berdiff._widget import BerdiffWidget
+    from napari_berdiff.plugin.widget import BerdiffWidget
 
     return configure(BerdiffWidget(viewer), ckpt, **settings)
 

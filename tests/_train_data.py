@@ -42,7 +42,7 @@ class Blobs(Dataset):
 
 def make_prepared_dir(root: Path, n: int = 24, channels: int = 2, size: int = 32) -> Path:
     """A minimal prepared dataset directory (training split only) readable by PreparedDataset."""
-    from src_training.prepared_format import FORMAT_NAME, FORMAT_VERSION, SplitWriter, quantise
+    from src_training.prepare.prepared_format import FORMAT_NAME, FORMAT_VERSION, SplitWriter, quantise
 
     root = Path(root)
     root.mkdir(parents=True)

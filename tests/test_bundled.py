@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_berdiff.core.data.synth_oct import make_bscan
-from napari_berdiff.core.detector import Detector
+from napari_berdiff.core.synth.oct import make_bscan
+from napari_berdiff.core.inference.detector import Detector
 from napari_berdiff.weights import bundled_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,11 +6,11 @@ import pickle
 import pytest
 import torch
 
-from napari_berdiff.core.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from napari_berdiff.core.configs import get_preset
-from napari_berdiff.core.schedule import BernoulliSchedule
-from napari_berdiff.core.unet import BernoulliUNet
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_berdiff.core.models.configs import get_preset
+from napari_berdiff.core.diffusion.schedule import BernoulliSchedule
+from napari_berdiff.core.models.unet import BernoulliUNet
 
 
 def tiny_models(c=2, seed=0):
@@ -125,8 +125,8 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     """Temporary files are private (0600); the published result follows the umask like open()."""
     import stat
 
-    from napari_berdiff.core.atomic import _UMASK, atomic_dir, atomic_write_text
-    from napari_berdiff.core.batch_io import AtomicFiles
+    from napari_berdiff.core.io.atomic import _UMASK, atomic_dir, atomic_write_text
+    from napari_berdiff.core.io.batch_io import AtomicFiles
 
     atomic_write_text(tmp_path / "a.json", "{}")
     with atomic_dir(tmp_path / "folder") as d:

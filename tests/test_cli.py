@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 
-from napari_berdiff.core.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.checkpoint import save_checkpoint
-from napari_berdiff.core.configs import get_preset
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.models.checkpoint import save_checkpoint
+from napari_berdiff.core.models.configs import get_preset
 
 
 def berdiff(*args, check=True):

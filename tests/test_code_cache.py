@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from _train_data import Blobs
-from napari_berdiff.core.checkpoint import load_checkpoint
-from src_training.code_cache import CodeCache, cache_bytes, should_cache
-from src_training.train_autoencoder import train_autoencoder
-from src_training.train_diffusion import train_diffusion
+from napari_berdiff.core.models.checkpoint import load_checkpoint
+from src_training.train.code_cache import CodeCache, cache_bytes, should_cache
+from src_training.train.train_autoencoder import train_autoencoder
+from src_training.train.train_diffusion import train_diffusion
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Content mixing for autoencoder training (src_training/content_mix.py): where it pastes, what it
+"""Content mixing for autoencoder training (src_training/train/content_mix.py): where it pastes, what it
 pastes, that it is off at 0 and recorded in the checkpoint when on."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from _train_data import Blobs
-from napari_berdiff.core.checkpoint import load_checkpoint
-from src_training.content_mix import blob_masks, content_mix, mixed_fraction
-from src_training.train_autoencoder import train_autoencoder
+from napari_berdiff.core.models.checkpoint import load_checkpoint
+from src_training.train.content_mix import blob_masks, content_mix, mixed_fraction
+from src_training.train.train_autoencoder import train_autoencoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,8 +10,8 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-from napari_berdiff.core import batching  # noqa: E402
-from napari_berdiff.core.detector import Detector  # noqa: E402
+from napari_berdiff.core.inference import batching  # noqa: E402
+from napari_berdiff.core.inference.detector import Detector  # noqa: E402
 from tests.test_detector import images, make_detector  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def test_autocast_flip_probabilities_and_results_stay_close():
 
 
 def test_bundled_model_amp_and_channels_last_give_the_same_maps():
-    from napari_berdiff.core.data.synth_brain import make_case
+    from napari_berdiff.core.synth.brain import make_case
     from napari_berdiff.weights import bundled_path
 
     path = bundled_path("brats")
@@ -88,9 +88,9 @@ def test_compile_on_cuda_runs_or_falls_back():
 
 
 def test_peak_memory_is_reported_and_within_the_estimate():
-    from napari_berdiff.core.configs import get_preset
-    from napari_berdiff.core.autoencoder import BinaryAutoencoder
-    from napari_berdiff.core.unet import BernoulliUNet
+    from napari_berdiff.core.models.configs import get_preset
+    from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+    from napari_berdiff.core.models.unet import BernoulliUNet
 
     ae_cfg, un_cfg = get_preset("small", 1)
     det = Detector(BinaryAutoencoder(ae_cfg), BernoulliUNet(un_cfg), device="cuda", amp="off")

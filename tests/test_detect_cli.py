@@ -15,13 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_berdiff.core.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.batch_io import (AtomicFiles, discover_inputs, output_paths,
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.io.batch_io import (AtomicFiles, discover_inputs, output_paths,
                                           parse_slices, shard)
-from napari_berdiff.core.checkpoint import save_checkpoint
-from napari_berdiff.core.configs import get_preset
-from napari_berdiff.core.data.readers import BRATS_MODALITIES
-from napari_berdiff.core.unet import BernoulliUNet
+from napari_berdiff.core.models.checkpoint import save_checkpoint
+from napari_berdiff.core.models.configs import get_preset
+from napari_berdiff.core.io.readers import BRATS_MODALITIES
+from napari_berdiff.core.models.unet import BernoulliUNet
 
 AFFINE = np.array([[0.0, -1.2, 0.0, 30.0],
                    [0.9, 0.0, 0.0, -20.0],

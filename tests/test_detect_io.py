@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from napari_berdiff.cli import main
-from napari_berdiff.core import batch_io
-from napari_berdiff.core.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.batch_io import (InputItem, check_inputs_kept, discover_inputs,
+from napari_berdiff.core.io import batch_io
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.io.batch_io import (InputItem, check_inputs_kept, discover_inputs,
                                           is_own_output, output_paths)
-from napari_berdiff.core.checkpoint import save_checkpoint
-from napari_berdiff.core.configs import get_preset
-from napari_berdiff.core.data.readers import BRATS_MODALITIES, find_brats_case
-from napari_berdiff.core.unet import BernoulliUNet
+from napari_berdiff.core.models.checkpoint import save_checkpoint
+from napari_berdiff.core.models.configs import get_preset
+from napari_berdiff.core.io.readers import BRATS_MODALITIES, find_brats_case
+from napari_berdiff.core.models.unet import BernoulliUNet
 from test_detect_cli import AFFINE, make_checkpoint, write_png
 
 FAST = ["--L", "6", "--steps", "3", "--device", "cpu", "--no-progress", "--threads", "1"]
@@ -193,7 +193,7 @@ def test_stems_are_compared_without_case_and_across_kinds(tmp_path):
 # ----------------------------------------------------------------------------- 4: signals
 SLOW_WRITER = textwrap.dedent("""
     import sys, time
-    from napari_berdiff.core import batch_io
+    from napari_berdiff.core.io import batch_io
     from napari_berdiff.cli import main
 
     orig = batch_io.AtomicFiles.temp

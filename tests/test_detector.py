@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_berdiff.core import preprocess
-from napari_berdiff.core.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.checkpoint import save_checkpoint
-from napari_berdiff.core.configs import get_preset
-from napari_berdiff.core.detector import Detector, slices_to_volume, volume_to_slices
-from napari_berdiff.core.unet import BernoulliUNet
+from napari_berdiff.core.inference import preprocess
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.models.checkpoint import save_checkpoint
+from napari_berdiff.core.models.configs import get_preset
+from napari_berdiff.core.inference.detector import Detector, slices_to_volume, volume_to_slices
+from napari_berdiff.core.models.unet import BernoulliUNet
 
 
 def make_detector(c=2, seed=0, meta=None):
@@ -179,7 +179,7 @@ def test_L_beyond_the_models_trained_noise_levels_is_refused(tmp_path):
 def test_inference_resizing_equals_the_training_preparation(hw, size, mode):
     """The detector shrinks slices exactly as prepare-brats/-oct/-folder did for the training data
     (skimage resize with anti-aliasing), so a model sees the same kind of input at inference."""
-    from napari_berdiff.core.data.geometry import plan_fit_square, plan_resize
+    from napari_berdiff.core.io.geometry import plan_fit_square, plan_resize
 
     img = np.random.default_rng(1).random((3,) + hw).astype(np.float32)
     ref = (plan_resize(hw, size) if mode == "resize" else plan_fit_square(hw, size)).apply(img)

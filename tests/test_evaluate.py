@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_berdiff.core.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.checkpoint import save_checkpoint
-from napari_berdiff.core.configs import get_preset
-from napari_berdiff.core.data.readers import BRATS_MODALITIES
-from napari_berdiff.core.detector import Detector
-from napari_berdiff.core.evaluation import evaluate
-from napari_berdiff.core.evaluation_report import (anomaly_kinds, markdown_table, pick_slices,
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.models.checkpoint import save_checkpoint
+from napari_berdiff.core.models.configs import get_preset
+from napari_berdiff.core.io.readers import BRATS_MODALITIES
+from napari_berdiff.core.inference.detector import Detector
+from napari_berdiff.core.evaluation.evaluate import evaluate
+from napari_berdiff.core.evaluation.report import (anomaly_kinds, markdown_table, pick_slices,
                                                    write_reports)
-from napari_berdiff.core.unet import BernoulliUNet
-from src_training.datasets import load_eval_split
-from src_training.prepare import prepare_brats
+from napari_berdiff.core.models.unet import BernoulliUNet
+from src_training.train.datasets import load_eval_split
+from src_training.prepare.prepare import prepare_brats
 
 Z_KEEP = 6
 TUMOUR = (82, 83, 84)
@@ -156,7 +156,7 @@ def test_brain_mask_and_no_validation_split(prepared, checkpoint):
     assert math.isnan(rows["masked"]["strict_dice"]) and math.isnan(rows["threshold"]["paper_dice"])
     assert 0 <= rows["masked"]["strict_auprc"] <= 1 and res["config"]["brain_mask"]
     assert math.isnan(rows["masked"]["seconds_per_image"])
-    from napari_berdiff.core.evaluation_report import markdown_table
+    from napari_berdiff.core.evaluation.report import markdown_table
 
     assert "no validation split was used" in markdown_table(res)  # the n/a is explained
 
@@ -206,7 +206,7 @@ def test_evaluate_and_grid_commands(prepared, checkpoint, tmp_path, capsys):
 
 
 def test_oct_scans_without_masks_count_for_the_image_level_only():
-    from src_training.datasets import EvalSplit
+    from src_training.train.datasets import EvalSplit
 
     torch.manual_seed(1)
     ae_cfg, unet_cfg = get_preset("tiny", 1)
@@ -245,7 +245,7 @@ def test_ae_psnr_benchmark_separates_the_anomalys_cost(prepared, checkpoint, tmp
     assert got["slices"] == len(test) and got["diseased"] == int((~test.healthy).sum()) > 0
     assert got["gap_db"] == pytest.approx(got["psnr_healthy"] - got["psnr_diseased"])
     # recompute the diseased slices' PSNR with and without the anomaly from the same codes
-    from napari_berdiff.core.checkpoint import load_checkpoint
+    from napari_berdiff.core.models.checkpoint import load_checkpoint
 
     ae = load_checkpoint(checkpoint).build_autoencoder("cpu")
     gen = torch.Generator().manual_seed(0)
@@ -311,7 +311,7 @@ def test_unet_anomaly_benchmark_runs_as_a_user_calls_it(prepared, checkpoint, tm
 
 
 def test_oracle_mask_sampler_keeps_what_it_does_not_mask(checkpoint):
-    from napari_berdiff.core.checkpoint import load_checkpoint
+    from napari_berdiff.core.models.checkpoint import load_checkpoint
 
     mod = _benchmark("oracle_mask")
     ck = load_checkpoint(checkpoint)
@@ -354,7 +354,7 @@ def test_oracle_mask_benchmark_runs_as_a_user_calls_it(prepared, checkpoint, tmp
 def test_diagnosis_benchmarks_refuse_bad_input_in_one_line(script, prepared, checkpoint, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     ae_only = tmp_path / "ae.pt"
-    from napari_berdiff.core.checkpoint import load_checkpoint
+    from napari_berdiff.core.models.checkpoint import load_checkpoint
 
     save_checkpoint(ae_only, autoencoder=load_checkpoint(checkpoint).build_autoencoder("cpu"),
                     meta={"name": "ae-only"})

@@ -6,8 +6,8 @@ import torch
 import pytest
 
 from _plugin_helpers import small_case, tiny_checkpoint
-from napari_berdiff.core.checkpoint import load_checkpoint, load_raw
-from napari_berdiff.core.detector import Detector
+from napari_berdiff.core.models.checkpoint import load_checkpoint, load_raw
+from napari_berdiff.core.inference.detector import Detector
 from tests.test_cli import berdiff
 
 
@@ -41,7 +41,7 @@ def test_export_halves_the_file_and_detects_the_same(tmp_path, one_thread):
 def test_a_half_precision_export_of_a_trained_model_detects_the_same(tmp_path, one_thread):
     """On a trained model (the bundled one) float16 storage changes the results only at the
     rounding level. (A random model is no test: its bit probabilities all sit near 0.5.)"""
-    from napari_berdiff.core.export import export_checkpoint
+    from napari_berdiff.core.models.export import export_checkpoint
     from napari_berdiff.weights import bundled_path
 
     src = bundled_path("brats")
@@ -50,7 +50,7 @@ def test_a_half_precision_export_of_a_trained_model_detects_the_same(tmp_path, o
     ck = load_checkpoint(src)
     if ck.meta.get("export", {}).get("weights") == "float16":
         src32 = tmp_path / "as32.pt"  # the shipped file is already float16: compare with float32
-        from napari_berdiff.core.checkpoint import save_checkpoint
+        from napari_berdiff.core.models.checkpoint import save_checkpoint
         save_checkpoint(src32, autoencoder={k: v.float() for k, v in ck.ae_state.items()},
                         unet={k: v.float() for k, v in ck.unet_state.items()},
                         ae_config=ck.ae_config, unet_config=ck.unet_config, schedule=ck.schedule,

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from napari_berdiff.core.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from napari_berdiff.core.configs import get_preset
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_berdiff.core.models.configs import get_preset
 
 
 def _berdiff(*args):

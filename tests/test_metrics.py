@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from napari_berdiff.core.metrics import (DiceSweep, PooledRanking, auprc, auroc, best_threshold,
+from napari_berdiff.core.evaluation.metrics import (DiceSweep, PooledRanking, auprc, auroc, best_threshold,
                                          dice, image_auroc, paper_slice_metrics, psnr, summarize)
-from napari_berdiff.core.postprocess import (normalize_map, paper_anomaly_map,
+from napari_berdiff.core.inference.postprocess import (normalize_map, paper_anomaly_map,
                                              remove_small_components, segment)
 
 

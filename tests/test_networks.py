@@ -7,17 +7,17 @@ import json
 import pytest
 import torch
 
-from napari_berdiff.core.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.configs import (
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.models.configs import (
     PRESETS,
     AutoencoderConfig,
     UNetConfig,
     describe_presets,
     get_preset,
 )
-from napari_berdiff.core.discriminator import PatchDiscriminator
-from napari_berdiff.core.nn_utils import count_parameters
-from napari_berdiff.core.unet import BernoulliUNet, timestep_embedding
+from src_training.train.discriminator import PatchDiscriminator
+from napari_berdiff.core.models.nn_utils import count_parameters
+from napari_berdiff.core.models.unet import BernoulliUNet, timestep_embedding
 
 
 @pytest.fixture(autouse=True)

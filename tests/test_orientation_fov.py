@@ -1,5 +1,5 @@
 """Volumes reach the model the same way whatever the file's voxel order, crop or voxel size, and
-with the training's intensity normalisation (core.orientation, Detector field of view)."""
+with the training's intensity normalisation (core.io.orientation, Detector field of view)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_berdiff.core.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.batch_detect import DetectSettings, run_item
-from napari_berdiff.core.batch_io import discover_inputs
-from napari_berdiff.core.configs import get_preset
-from napari_berdiff.core.detector import Detector
-from napari_berdiff.core.orientation import (axcodes, canonical_zooms, from_canonical,
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.inference.batch_detect import DetectSettings, run_item
+from napari_berdiff.core.io.batch_io import discover_inputs
+from napari_berdiff.core.models.configs import get_preset
+from napari_berdiff.core.inference.detector import Detector
+from napari_berdiff.core.io.orientation import (axcodes, canonical_zooms, from_canonical,
                                              orientation_of, to_canonical)
-from napari_berdiff.core.unet import BernoulliUNet
+from napari_berdiff.core.models.unet import BernoulliUNet
 
 LPS_1MM = np.diag([-1.0, -1.0, 1.0, 1.0])  # the BraTS files' voxel order
 
@@ -117,9 +117,9 @@ def test_brats_style_volumes_are_always_percentile_normalised():
 
 
 def test_prepare_brats_slices_lps_and_ras_cases_alike(tmp_path):
-    from napari_berdiff.core.data.readers import BRATS_MODALITIES
-    from src_training.prepare import prepare_brats
-    from src_training.prepared_format import open_split
+    from napari_berdiff.core.io.readers import BRATS_MODALITIES
+    from src_training.prepare.prepare import prepare_brats
+    from src_training.prepare.prepared_format import open_split
 
     ras = np.stack([_head((40, 36, 6), seed=c) for c in range(4)])
     seg = np.zeros((40, 36, 6), np.uint8)

@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_berdiff._layers import Orientation, layer_geometry
-from napari_berdiff._reader import napari_get_reader
-from napari_berdiff._writer import write_image
+from napari_berdiff.plugin.layers import Orientation, layer_geometry
+from napari_berdiff.plugin.reader import napari_get_reader
+from napari_berdiff.plugin.writer import write_image
 
 pytestmark = pytest.mark.gui
 
@@ -206,8 +206,8 @@ def test_npe2_validate_with_imports():
 
 
 def test_widget_postprocess_equals_the_core_paper_protocol():
-    from napari_berdiff._run import segment_stack
-    from napari_berdiff.core.postprocess import normalize_map, paper_anomaly_map, segment
+    from napari_berdiff.plugin.run import segment_stack
+    from napari_berdiff.core.inference.postprocess import normalize_map, paper_anomaly_map, segment
 
     rng = np.random.default_rng(3)
     x = rng.random((3, 2, 40, 44)).astype(np.float32)
@@ -220,7 +220,7 @@ def test_widget_postprocess_equals_the_core_paper_protocol():
 @pytest.mark.parametrize("flags", [(False, False, False), (True, False, False), (False, True, False),
                                    (True, True, True), (False, True, True)])
 def test_latent_grid_lines_up_through_flips_and_transposition(flags):
-    from napari_berdiff._layers import SliceMap, latent_map
+    from napari_berdiff.plugin.layers import SliceMap, latent_map
 
     H, W, h = 30, 44, 8  # model-orientation slice, latent grid h x h ("pad": 44 x 44 canvas)
     sm = SliceMap(transpose=flags[0], flip_rows=flags[1], flip_cols=flags[2])
@@ -243,7 +243,7 @@ def test_latent_grid_lines_up_through_flips_and_transposition(flags):
 def test_latent_geometry_composes_with_a_rotated_source():
     from napari.layers import Image
 
-    from napari_berdiff._layers import latent_geometry_kwargs
+    from napari_berdiff.plugin.layers import latent_geometry_kwargs
 
     src = Image(np.zeros((5, 40, 40)), scale=(2, 0.5, 0.5), translate=(1, 2, 3), rotate=25)
     axes = [(5.0, 2.0), (5.0, 2.0)]

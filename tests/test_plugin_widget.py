@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from _plugin_helpers import add_small_case, configure, run_and_wait, tiny_checkpoint
-from napari_berdiff._widget import BerdiffWidget
-from napari_berdiff.core.detector import Detector
+from napari_berdiff.plugin.widget import BerdiffWidget
+from napari_berdiff.core.inference.detector import Detector
 
 pytestmark = pytest.mark.gui
 TIMEOUT = 120_000
@@ -89,7 +89,7 @@ def test_end_to_end_through_the_manifest(make_napari_viewer, qtbot, ckpt4, tmp_p
     np.testing.assert_allclose(mask.scale[2:], np.asarray(flair.scale[1:]) * 30)
     np.testing.assert_allclose(mask.data_to_world((0, z, 0, 0))[1:], flair.data_to_world((z, 14.5, 14.5)))
     # the widget gives exactly what the library gives for the same slice and seed
-    from napari_berdiff._layers import Orientation
+    from napari_berdiff.plugin.layers import Orientation
 
     o = Orientation.from_dict(flair.metadata["orientation"])
     vol = np.stack([o.from_layer(np.asarray(ly.data)) for ly in layers[:4]])
@@ -256,7 +256,7 @@ def test_missing_input_or_model_gives_a_message_not_a_traceback(make_napari_view
 
 
 def test_unavailable_device_falls_back_to_cpu_with_a_visible_warning(make_napari_viewer, qtbot, ckpt4, monkeypatch):
-    import napari_berdiff.core.device as device
+    import napari_berdiff.core.inference.device as device
 
     monkeypatch.setattr(device, "available_devices", lambda: ["auto", "cpu", "cuda:3"])
     viewer = make_napari_viewer()
@@ -275,7 +275,7 @@ def test_unavailable_device_falls_back_to_cpu_with_a_visible_warning(make_napari
 def test_auto_pick_matches_channels_by_modality_name_and_file():
     from napari.layers import Image
 
-    from napari_berdiff._inputs import auto_pick, base_name
+    from napari_berdiff.plugin.inputs import auto_pick, base_name
 
     z = np.zeros((2, 4, 4), np.float32)
     named = [Image(z, name=f"BraTS20_Training_001_{m}") for m in ("t2", "t1ce", "flair", "t1")]
@@ -430,7 +430,7 @@ def test_preferences_set_the_widget_defaults(make_napari_viewer, ckpt4, tmp_path
 def test_cancel_during_post_processing_is_quick_and_leaves_no_layers(make_napari_viewer, qtbot, ckpt4, monkeypatch):
     import time
 
-    import napari_berdiff._run as run_mod
+    import napari_berdiff.plugin.run as run_mod
 
     slow = run_mod.segment_slice
 
@@ -457,7 +457,7 @@ def test_cancel_during_post_processing_is_quick_and_leaves_no_layers(make_napari
 def test_segment_ticking_yields_cancellation_points_and_equals_segment_stack():
     import time
 
-    from napari_berdiff._run import Tick, _segment_ticking, segment_stack
+    from napari_berdiff.plugin.run import Tick, _segment_ticking, segment_stack
 
     rng = np.random.default_rng(0)
     x = rng.random((5, 2, 30, 30)).astype(np.float32)

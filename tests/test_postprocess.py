@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_berdiff.core.postprocess import _selection_network, median_filter_2d, paper_anomaly_map
+from napari_berdiff.core.inference.postprocess import _selection_network, median_filter_2d, paper_anomaly_map
 
 
 def _scipy(a, k):

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_berdiff.core.data.readers import BRATS_MODALITIES, DataError
-from src_training.datasets import PreparedDataset, load_eval_split
-from src_training.prepare import main, prepare_brats, prepare_folder, prepare_oct
-from src_training.prepare_common import assign_split
+from napari_berdiff.core.io.readers import BRATS_MODALITIES, DataError
+from src_training.train.datasets import PreparedDataset, load_eval_split
+from src_training.prepare.cli import main
+from src_training.prepare.prepare import prepare_brats, prepare_folder, prepare_oct
+from src_training.prepare.common import assign_split
 
 Z_KEEP = 6  # axial slices left after dropping the default 80 bottom and 26 top slices
 TUMOUR = (82, 83, 84)  # absolute slice indices with a tumour blob

@@ -1,4 +1,4 @@
-"""Tests of napari_berdiff.core.data.readers (and its geometry helpers): no Qt, no torch."""
+"""Tests of napari_berdiff.core.io.readers (and its geometry helpers): no Qt, no torch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from skimage import io as skio
 
-from napari_berdiff.core.data.readers import (
+from napari_berdiff.core.io.readers import (
     BRATS_MODALITIES, DataError, Transform2D, find_brats_case, load_brats_case, load_image_2d,
     load_nifti, normalize_volume, pad_or_crop_2d, plan_fit_square, resize_2d)
 
@@ -251,7 +251,7 @@ def test_resize_2d_and_keep_aspect():
 
 
 def test_normalize_volume_refuses_non_finite_values():
-    from napari_berdiff.core.data.readers import normalize_volume
+    from napari_berdiff.core.io.readers import normalize_volume
 
     vol = np.ones((2, 4, 4, 3), np.float32)
     vol[1, 0, 0, 0] = np.nan

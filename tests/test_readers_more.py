@@ -15,7 +15,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_berdiff.core.data.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, DataError,
+from napari_berdiff.core.io.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, DataError,
                                               brats_modality_of, find_brats_case,
                                               image_bit_depth, load_brats_case, load_image_2d)
 
@@ -98,8 +98,8 @@ def test_brats_naming_variants_and_missing_file_in_the_folders_naming(tmp_path):
 
 
 def test_brats2023_case_folders_are_found_by_detect_and_napari(tmp_path):
-    from napari_berdiff._reader import _folder_kind, _modality_of
-    from napari_berdiff.core.batch_io import _CASE_SUFFIXES, discover_inputs
+    from napari_berdiff.plugin.reader import _folder_kind, _modality_of
+    from napari_berdiff.core.io.batch_io import _CASE_SUFFIXES, discover_inputs
 
     assert _CASE_SUFFIXES == BRATS_CASE_SUFFIXES
     write_2023(tmp_path / "cases")
@@ -112,7 +112,7 @@ def test_brats2023_case_folders_are_found_by_detect_and_napari(tmp_path):
 
 def test_napari_reader_opens_a_brats2023_case(tmp_path):
     pytest.importorskip("napari")
-    from napari_berdiff._reader import napari_get_reader
+    from napari_berdiff.plugin.reader import napari_get_reader
 
     write_2023(tmp_path)
     folder = str(tmp_path / "BraTS-GLI-00000-000")
@@ -125,8 +125,8 @@ def test_napari_reader_opens_a_brats2023_case(tmp_path):
 
 
 def test_prepare_brats_reads_brats2023_and_counts_label_3_as_tumour(tmp_path):
-    from src_training.datasets import load_eval_split
-    from src_training.prepare import find_brats_cases, prepare_brats
+    from src_training.train.datasets import load_eval_split
+    from src_training.prepare.prepare import find_brats_cases, prepare_brats
 
     src = tmp_path / "BraTS2023"
     for i in range(3):
@@ -269,7 +269,7 @@ def write_oct_tree(root: Path) -> None:
 
 
 def test_prepare_oct_skip_bad(tmp_path):
-    from src_training.prepare import prepare_oct
+    from src_training.prepare.prepare import prepare_oct
 
     write_oct_tree(tmp_path / "oct")
     out = tmp_path / "p"
@@ -319,7 +319,7 @@ def test_berdiff_prepare_messages(tmp_path):
 
 
 def test_python_module_prepare_exit_status(tmp_path, capsys):
-    from src_training.prepare import main
+    from src_training.prepare.cli import main
 
     assert main(["brats", str(tmp_path / "absent"), str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -328,7 +328,7 @@ def test_python_module_prepare_exit_status(tmp_path, capsys):
 
 
 def test_missing_prepared_directory_names_the_prepare_commands(tmp_path):
-    from src_training.prepared_format import read_meta
+    from src_training.prepare.prepared_format import read_meta
 
     with pytest.raises(FileNotFoundError, match="absent not found; make one first with "
                                                 "`berdiff prepare-brats`"):

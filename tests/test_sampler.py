@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from napari_berdiff.core.sampler import binary_posterior, masked_sampler, run_sampler, trajectory_seed
-from napari_berdiff.core.schedule import BernoulliSchedule
+from napari_berdiff.core.diffusion.sampler import binary_posterior, masked_sampler, run_sampler, trajectory_seed
+from napari_berdiff.core.diffusion.schedule import BernoulliSchedule
 
 SCHED = BernoulliSchedule()
 

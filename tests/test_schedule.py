@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_berdiff.core.schedule import BernoulliSchedule, linear_betas, step_grid
+from napari_berdiff.core.diffusion.schedule import BernoulliSchedule, linear_betas, step_grid
 
 SCHED = BernoulliSchedule()
 CORNERS_Z = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_berdiff.core import accel, batching
-from napari_berdiff.core.configs import get_preset
-from napari_berdiff.core.detector import Detector
+from napari_berdiff.core.inference import accel, batching
+from napari_berdiff.core.models.configs import get_preset
+from napari_berdiff.core.inference.detector import Detector
 from tests.test_detector import images, make_detector
 
 
@@ -85,9 +85,9 @@ def test_memory_estimates_are_conservative_and_scale_with_the_model():
     code = textwrap.dedent("""
         import resource, torch
         torch.set_num_threads(1)
-        from napari_berdiff.core.configs import get_preset
-        from napari_berdiff.core.unet import BernoulliUNet
-        from napari_berdiff.core.batching import unet_bytes_per_trajectory as est
+        from napari_berdiff.core.models.configs import get_preset
+        from napari_berdiff.core.models.unet import BernoulliUNet
+        from napari_berdiff.core.inference.batching import unet_bytes_per_trajectory as est
         _, cfg = get_preset("small", 1)
         m = BernoulliUNet(cfg).eval()
         z = (torch.rand(32, cfg.latent_channels, cfg.latent_size, cfg.latent_size) < .5).float()
@@ -207,7 +207,7 @@ def test_bf16_autocast_on_the_cpu_gives_close_flip_probabilities():
 
 
 def test_bf16_with_the_bundled_model_gives_the_same_maps():
-    from napari_berdiff.core.data.synth_brain import make_case
+    from napari_berdiff.core.synth.brain import make_case
     from napari_berdiff.weights import bundled_path
 
     path = bundled_path("brats")

@@ -4,9 +4,9 @@ import numpy as np
 import torch
 
 from _train_data import make_prepared_dir
-from src_training.datasets import PreparedDataset
-from src_training.prepared_format import SplitWriter, quantise
-from src_training.stage_common import fixed_batch
+from src_training.train.datasets import PreparedDataset
+from src_training.prepare.prepared_format import SplitWriter, quantise
+from src_training.train.stage_common import fixed_batch
 
 
 def test_sample_grid_images_come_from_the_validation_split(tmp_path):

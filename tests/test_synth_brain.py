@@ -1,4 +1,4 @@
-"""Synthetic BraTS-like brain cases (napari_berdiff.core.data.synth_brain)."""
+"""Synthetic BraTS-like brain cases (napari_berdiff.core.synth.brain)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_berdiff.core.data import synth_brain as sb
-from napari_berdiff.core.data._brain_anatomy import Geometry
+from napari_berdiff.core.synth import brain as sb
+from napari_berdiff.core.synth._brain_anatomy import Geometry
 
 SMALL = (120, 120, 78)  # same 240x240x155 mm field of view at ~2 mm, for speed
 

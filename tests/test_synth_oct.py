@@ -1,4 +1,4 @@
-"""Synthetic OCT B-scans (napari_berdiff.core.data.synth_oct)."""
+"""Synthetic OCT B-scans (napari_berdiff.core.synth.oct)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from napari_berdiff.core.data import synth_oct as so
+from napari_berdiff.core.synth import oct as so
 
 
 def _band_mean(img, top, bottom):

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from _train_data import Blobs, loss_series, make_prepared_dir
-from napari_berdiff.core.checkpoint import load_checkpoint, load_raw
-from src_training import losses
-from src_training.ema import EMA
-from src_training.train_autoencoder import train_autoencoder
+from napari_berdiff.core.models.checkpoint import load_checkpoint, load_raw
+from src_training.train import losses
+from src_training.train.ema import EMA
+from src_training.train.train_autoencoder import train_autoencoder
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from _train_data import make_prepared_dir
-from napari_berdiff.core.checkpoint import load_checkpoint, load_raw
+from napari_berdiff.core.models.checkpoint import load_checkpoint, load_raw
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -30,7 +30,7 @@ def _torchrun(dump: Path, *args: str) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-def _digest(model: torch.nn.Module) -> str:  # as src_training.loop.state_digest
+def _digest(model: torch.nn.Module) -> str:  # as src_training.train.loop.state_digest
     h = hashlib.sha256()
     for name, p in model.named_parameters():
         h.update(name.encode())
@@ -65,8 +65,8 @@ def test_two_processes_train_identical_models(tmp_path):
     log = [json.loads(line) for line in (ae_out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4, 6] and "d" in log[-1]
 
-    # stage 2 through the training module's own entry point
-    _torchrun(dump, "-m", "src_training.train_diffusion", str(data), "--ae",
+    # stage 2 through the CLI module as well
+    _torchrun(dump, "-m", "napari_berdiff.cli", "train-diffusion", str(data), "--ae",
               str(ae_out / "autoencoder.pt"), "--out", str(diff_out), "--steps", "4",
               "--ckpt-every", "2", "--sample-L", "5", *common)
     d0, d1 = _ranks(dump, "diffusion")

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from _train_data import Blobs, loss_series, make_prepared_dir
-from napari_berdiff.core.checkpoint import load_checkpoint, load_raw
-from napari_berdiff.core.detector import Detector
-from src_training.train_autoencoder import train_autoencoder
-from src_training.train_diffusion import train_diffusion
+from napari_berdiff.core.models.checkpoint import load_checkpoint, load_raw
+from napari_berdiff.core.inference.detector import Detector
+from src_training.train.train_autoencoder import train_autoencoder
+from src_training.train.train_diffusion import train_diffusion
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -111,7 +111,7 @@ def test_init_starts_from_another_runs_unet(ae_ckpt, tmp_path, capsys):
 
 
 def test_t_max_limits_the_training_steps_and_is_recorded(ae_ckpt, tmp_path):
-    from napari_berdiff.core.schedule import BernoulliSchedule
+    from napari_berdiff.core.diffusion.schedule import BernoulliSchedule
 
     seen = []
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from _train_data import Blobs
-from napari_berdiff.core.checkpoint import load_checkpoint, load_raw
-from src_training.loop import TrainingInterrupted
-from src_training.train_autoencoder import train_autoencoder
-from src_training.train_diffusion import train_diffusion
+from napari_berdiff.core.models.checkpoint import load_checkpoint, load_raw
+from src_training.train.loop import TrainingInterrupted
+from src_training.train.train_autoencoder import train_autoencoder
+from src_training.train.train_diffusion import train_diffusion
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,7 +67,7 @@ def test_autoencoder_resume_is_exact(ae_full, tmp_path):
 
 
 def _records(d):
-    from src_training.trainlog import read_log
+    from src_training.train.trainlog import read_log
 
     return read_log(d / "log.jsonl")
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from _plugin_helpers import add_small_case, new_widget, run_and_wait, tiny_checkpoint
-from napari_berdiff._widget import BerdiffWidget
-from napari_berdiff.core.detector import Detector
+from napari_berdiff.plugin.widget import BerdiffWidget
+from napari_berdiff.core.inference.detector import Detector
 
 pytestmark = pytest.mark.gui
 TIMEOUT = 120_000
@@ -160,7 +160,7 @@ def test_the_eta_waits_for_a_second_tick_and_is_never_negative(make_napari_viewe
 
 
 def test_sweeps_checkpoint_folders_and_boolean_images(tmp_path):
-    from napari_berdiff._inputs import FILE_CHOICE, build_volume, model_source, parse_sweep
+    from napari_berdiff.plugin.inputs import FILE_CHOICE, build_volume, model_source, parse_sweep
 
     assert parse_sweep("0.9:0.1:0.2") == parse_sweep("0.1:0.9:0.2") == [0.1, 0.3, 0.5, 0.7, 0.9]
     path, msg = model_source(FILE_CHOICE, tmp_path)
@@ -196,7 +196,7 @@ def test_a_volume_stored_lps_or_ras_gives_the_same_maps(make_napari_viewer, qtbo
 
 
 def test_the_score_plot_keeps_to_the_slices_that_ran(make_napari_viewer):
-    from napari_berdiff._score_plot import ScorePlot
+    from napari_berdiff.plugin.score_plot import ScorePlot
 
     viewer = make_napari_viewer()
     layer = viewer.add_image(np.zeros((160, 8, 8), np.float32))
@@ -207,7 +207,7 @@ def test_the_score_plot_keeps_to_the_slices_that_ran(make_napari_viewer):
 
 
 def test_brats2023_layer_names_are_matched_to_the_channels():
-    from napari_berdiff._inputs import auto_pick
+    from napari_berdiff.plugin.inputs import auto_pick
 
     names = {m: SimpleNamespace(name=f"BraTS-GLI-00002-000-{m}", metadata={})
              for m in ("t1n", "t2w", "t2f", "t1c")}
@@ -216,7 +216,7 @@ def test_brats2023_layer_names_are_matched_to_the_channels():
 
 
 def test_channels_on_different_voxel_grids_are_refused():
-    from napari_berdiff._inputs import InputError, build_volume
+    from napari_berdiff.plugin.inputs import InputError, build_volume
 
     def layer(name, zoom):
         return SimpleNamespace(name=name, data=np.ones((3, 8, 8), np.float32), multiscale=False,
@@ -240,8 +240,8 @@ def test_a_bmp_b_scan_opens_through_the_plugin(make_napari_viewer, tmp_path):
 
 
 def test_no_size_warning_for_b_scans_resized_as_in_training(make_napari_viewer, ckpt1):
-    from napari_berdiff._inputs import fit_note
-    from napari_berdiff.core.checkpoint import load_checkpoint
+    from napari_berdiff.plugin.inputs import fit_note
+    from napari_berdiff.core.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(ckpt1)  # "resize" mode, 32 px
     assert fit_note(ck, (496, 512)) is None  # OCT2017-size B-scans shrink as the training's did
@@ -251,7 +251,7 @@ def test_no_size_warning_for_b_scans_resized_as_in_training(make_napari_viewer, 
 def test_a_data_set_root_opens_per_class_or_says_what_to_open(tmp_path, monkeypatch):
     from PIL import Image
 
-    from napari_berdiff import _reader
+    from napari_berdiff.plugin import reader as _reader
 
     root = tmp_path / "OCT2017"
     for cls, n in (("NORMAL", 2), ("DRUSEN", 3)):

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_berdiff._writer import write_image, write_labels
+from napari_berdiff.plugin.writer import write_image, write_labels
 
 pytestmark = pytest.mark.gui
 

@@ -15,10 +15,10 @@ def preset_table() -> list[dict]:
     """One row per preset: sizes and exact parameter counts of both networks."""
     import torch
 
-    from ..core.autoencoder import BinaryAutoencoder
-    from ..core.configs import PRESETS, get_preset
-    from ..core.nn_utils import count_parameters
-    from ..core.unet import BernoulliUNet
+    from ..core.models.autoencoder import BinaryAutoencoder
+    from ..core.models.configs import PRESETS, get_preset
+    from ..core.models.nn_utils import count_parameters
+    from ..core.models.unet import BernoulliUNet
 
     rows = []
     with torch.device("meta"):  # count parameters without allocating the weights

@@ -3,7 +3,7 @@
 Inputs: BraTS case folders (4-channel models), NIfTI volumes (3D for 1-channel models, 4D with
 channels last), 2D images (OCT; 1-channel models), or folders holding any of these (searched
 recursively; the --out folder and earlier outputs are never taken for inputs). Outputs per input
-(see :mod:`napari_berdiff.core.batch_io`), named ``<stem>_berdiff_<kind>`` where ``<stem>`` mirrors
+(see :mod:`napari_berdiff.core.io.batch_io`), named ``<stem>_berdiff_<kind>`` where ``<stem>`` mirrors
 the input's path below the folder argument it was found in (an input given directly: its name):
 anomaly map, segmentation mask and reconstruction (NIfTI with the source affine, or TIFF/PNG for
 2D images), a per-slice scores CSV and a provenance JSON.
@@ -72,7 +72,7 @@ def _one_line(text: str) -> str:
 def _reason(item, err: Exception) -> str:
     """One line for a failed input, to follow its path: a DataError's reason without the repeated
     ``[file: ...]`` (kept when it names another file), the input's path cut to its name."""
-    from ..core.data.readers import DataError
+    from ..core.io.readers import DataError
 
     if isinstance(err, DataError):
         text = _one_line(err.reason)
@@ -89,7 +89,7 @@ def _check_settings(args) -> None:
     """Settings wrong for every input: one line, exit status 2, before anything is read."""
     import math
 
-    from ..core.batch_io import check_slices_spec
+    from ..core.io.batch_io import check_slices_spec
     from . import CLIError
 
     if args.L < 1:
@@ -112,7 +112,7 @@ def _check_settings(args) -> None:
 
 
 def run(args) -> int:
-    from ..core.batch_io import Interrupted, stop_on_signals
+    from ..core.io.batch_io import Interrupted, stop_on_signals
 
     done: list[int] = [0]
     try:
@@ -129,8 +129,8 @@ def run(args) -> int:
 
 
 def _run(args, done: list[int]) -> int:
-    from ..core.batch_detect import DetectSettings, run_item
-    from ..core.batch_io import (check_inputs_kept, check_outputs, discover_inputs, output_paths,
+    from ..core.inference.batch_detect import DetectSettings, run_item
+    from ..core.io.batch_io import (check_inputs_kept, check_outputs, discover_inputs, output_paths,
                                  shard)
     from . import CLIError
 

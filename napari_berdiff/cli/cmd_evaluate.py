@@ -1,6 +1,6 @@
 """``berdiff evaluate PREPARED_DIR --model CKPT``: the method and its baselines on a test split.
 
-Runs :func:`napari_berdiff.core.evaluation.evaluate` (paper and strict protocols, image-level
+Runs :func:`napari_berdiff.core.evaluation.evaluate.evaluate` (paper and strict protocols, image-level
 AUROC, PSNR on healthy and diseased slices, time and memory; baselines unmasked, autoencoder only
 and intensity threshold), prints the Markdown table and, with ``--out``, writes
 ``evaluation.json``, ``evaluation.csv``, ``evaluation.md`` and ``per_slice.csv`` (existing files are
@@ -50,9 +50,9 @@ def register(sub) -> None:
 
 def load_splits(prepared, max_slices, max_val_slices, use_val: bool = True):
     """Test and validation splits (stored uint8, subset evenly) of a prepared directory."""
-    from src_training.datasets import load_eval_split
+    from src_training.train.datasets import load_eval_split
 
-    from ..core.evaluation_report import pick_slices
+    from ..core.evaluation.report import pick_slices
 
     test = load_eval_split(prepared, "test", decode=False)
     if len(test) == 0:
@@ -69,14 +69,14 @@ def load_splits(prepared, max_slices, max_val_slices, use_val: bool = True):
 
 
 def run(args) -> int:
-    from ..core.batch_io import check_outputs
-    from ..core.evaluation_report import (anomaly_kinds, markdown_table, report_files,
+    from ..core.io.batch_io import check_outputs
+    from ..core.evaluation.report import (anomaly_kinds, markdown_table, report_files,
                                           write_reports)
     from . import CLIError
 
     if args.out:  # before any slow import or work
         check_outputs(report_files(args.out).values(), args.overwrite)
-    from ..core.evaluation import evaluate
+    from ..core.evaluation.evaluate import evaluate
 
     if args.steps is not None and not 1 <= args.steps <= args.L:
         raise CLIError(f"--steps must lie in 1..L={args.L}")

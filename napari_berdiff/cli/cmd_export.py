@@ -15,8 +15,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..core.checkpoint import CheckpointError, load_checkpoint
-    from ..core.export import export_checkpoint
+    from ..core.models.checkpoint import CheckpointError, load_checkpoint
+    from ..core.models.export import export_checkpoint
     from . import CLIError
 
     try:

@@ -93,14 +93,14 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..core.batch_io import AtomicFiles, check_outputs
+    from ..core.io.batch_io import AtomicFiles, check_outputs
     from . import CLIError
 
     out = Path(args.out)
     files = {name: out / name for name in FILES}
     check_outputs(files.values(), args.overwrite)  # before any slow import or work
-    from ..core.evaluation_grid import grid_sweep
-    from ..core.evaluation_report import to_jsonable
+    from ..core.evaluation.grid import grid_sweep
+    from ..core.evaluation.report import to_jsonable
     from .cmd_evaluate import load_splits
 
     Ls, Ps = sorted(set(args.L)), sorted(set(args.P))

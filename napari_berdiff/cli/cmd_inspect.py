@@ -12,7 +12,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..core.checkpoint import load_checkpoint
+    from ..core.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(args.checkpoint)
     info = {

@@ -49,7 +49,7 @@ def _check_counts(**counts: int) -> None:
 def run_brats(args) -> int:
     from tqdm import tqdm
 
-    from ..core.data.synth_brain import write_brats_dataset
+    from ..core.synth.brain import write_brats_dataset
 
     counts = dict(healthy=args.healthy, tumour=args.tumour, cavity=args.cavity, ventricle=args.ventricle)
     _check_counts(**counts)
@@ -74,7 +74,7 @@ def run_brats(args) -> int:
 
 
 def run_oct(args) -> int:
-    from ..core.data.synth_oct import write_oct_dataset
+    from ..core.synth.oct import write_oct_dataset
 
     _check_counts(normal=args.normal, drusen=args.drusen)
     try:

@@ -8,10 +8,8 @@ continues from it), ``log.jsonl``, ``loss.png``, ``samples/`` and at the end the
 Several processes (one per GPU, or CPU processes with gloo) through torchrun::
 
     torchrun --nproc_per_node=2 -m napari_berdiff.cli train-ae DATA --out DIR [options]
-    torchrun --nproc_per_node=2 -m src_training.train_autoencoder DATA --out DIR [options]
 
-(the same for ``train-diffusion`` / ``src_training.train_diffusion``). ``--batch-size`` is per
-process.
+(the same for ``train-diffusion``). ``--batch-size`` is per process.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..core.configs import PRESETS
+from ..core.models.configs import PRESETS
 
 
 def _common(p: argparse.ArgumentParser, *, steps: int, batch: int, lr: float, ema: float,
@@ -104,8 +102,8 @@ def register(sub) -> None:
 def _dataset(args):
     from pathlib import Path
 
-    from src_training.datasets import PreparedDataset
-    from src_training.stage_common import meta_from_prepared
+    from src_training.train.datasets import PreparedDataset
+    from src_training.train.stage_common import meta_from_prepared
 
     if not Path(args.data).is_dir():
         raise FileNotFoundError(f"prepared dataset directory not found: {args.data}")
@@ -122,8 +120,8 @@ def _loop_kwargs(args) -> dict:
 
 
 def _run(train, *a, **kw) -> int:
-    from src_training.distributed import cleanup
-    from src_training.train_state import TrainingInterrupted
+    from src_training.train.distributed import cleanup
+    from src_training.train.train_state import TrainingInterrupted
 
     try:
         path = train(*a, **kw)
@@ -137,7 +135,7 @@ def _run(train, *a, **kw) -> int:
 
 
 def run_ae(args) -> int:
-    from src_training.train_autoencoder import train_autoencoder
+    from src_training.train.train_autoencoder import train_autoencoder
 
     ds, meta = _dataset(args)
     return _run(train_autoencoder, ds, args.out, preset=args.config, rec_loss=args.rec_loss,
@@ -148,7 +146,7 @@ def run_ae(args) -> int:
 
 
 def run_diffusion(args) -> int:
-    from src_training.train_diffusion import train_diffusion
+    from src_training.train.train_diffusion import train_diffusion
 
     ds, meta = _dataset(args)
     # the autoencoder checkpoint's meta is carried forward; the data's fills in what it lacks

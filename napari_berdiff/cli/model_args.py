@@ -15,8 +15,8 @@ def add_model_args(p, required_model: bool = False) -> None:
 
 
 def add_speed_args(p) -> None:
-    """``--amp``, ``--channels-last``, ``--compile`` and ``--threads`` (see core.accel)."""
-    from ..core.accel import AMP_MODES
+    """``--amp``, ``--channels-last``, ``--compile`` and ``--threads`` (see core.inference.accel)."""
+    from ..core.inference.accel import AMP_MODES
 
     g = p.add_argument_group("speed")
     g.add_argument("--amp", choices=AMP_MODES, default="auto",
@@ -34,7 +34,7 @@ def add_speed_args(p) -> None:
 
 def add_batch_size_arg(p, help_extra: str = "", default="auto") -> None:
     """``--batch-size auto|N``: trajectories (slices x thresholds) per network call."""
-    from ..core.batching import parse_batch_size
+    from ..core.inference.batching import parse_batch_size
 
     def _parse(v):
         try:
@@ -60,7 +60,7 @@ def load_detector(args, local_rank: str | None = None):
     with ``--device auto``: ``cuda:LOCAL_RANK`` when CUDA is available). Warnings go to stderr."""
     import torch
 
-    from ..core.detector import Detector
+    from ..core.inference.detector import Detector
     from . import CLIError
 
     path = args.model
@@ -71,7 +71,7 @@ def load_detector(args, local_rank: str | None = None):
         if path is None:
             raise CLIError(f"the bundled {args.bundled} model is not installed (not trained yet or "
                            "stripped from this installation); pass --model CKPT")
-    from ..core.accel import configure_threads
+    from ..core.inference.accel import configure_threads
 
     device = args.device
     if device == "auto" and local_rank is not None and torch.cuda.is_available():

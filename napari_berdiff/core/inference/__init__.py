@@ -1,0 +1,1 @@
+"""Running a trained model: detector, pre/post-processing, batching, devices and acceleration."""

@@ -1,0 +1,1 @@
+"""The networks (binary autoencoder, U-Net), their configs, checkpoints and export."""

@@ -1,0 +1,1 @@
+"""Generated data: BraTS-like brain volumes and retinal OCT B-scans."""

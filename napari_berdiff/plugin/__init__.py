@@ -1,0 +1,1 @@
+"""The napari plugin: reader, writer, sample data and the widget (wires core calls to layers)."""

@@ -1,0 +1,235 @@
+"""The widget's work off the GUI thread: a generator over :meth:`Detector.iter_detect` ticks.
+
+Nothing here touches napari or Qt: the widget builds a :class:`Job` from its layers on the main
+thread (plain numpy arrays), :func:`run_job` runs in a napari thread worker and yields
+
+- :class:`Tick` after every network evaluation (progress, and a cancellation point),
+- :class:`Ready` once sampling is done: the :class:`Outcome` (plain arrays in the layer's
+  orientation) with the segmentation of the P shown on the slider; from then on the outcome belongs
+  to the main thread, which displays it,
+- :class:`SegDone` for each other swept P as its segmentation is computed (the post-processing
+  costs about as much as the sampling, so it runs after the first display).
+
+Post-processing yields a :class:`Tick` at least every 0.1 s too (a volume's worth of median
+filters and connected components takes seconds), so cancel stays within a fraction of a second.
+
+On the CPU the job runs with ``cpu_count - 1`` torch threads (set in the worker thread only: the
+OpenMP setting is per thread), so the GUI thread keeps a core.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Generator
+
+import numpy as np
+
+from .layers import SliceMap, latent_map
+
+POSTPROCESS = {"median_size": 5, "low": 1.0, "high": 99.0, "threshold": 0.5, "min_size": 10,
+               "connectivity": 2,
+               "rule": "as napari_berdiff.core.inference.postprocess segment(normalize_map(paper_anomaly_map(x, "
+                       "x_rec))): per-channel squared error, 5x5 median filter, sum over channels; "
+                       "per slice clip to the [1, 99] percentiles and min-max to [0, 1]; > 0.5; "
+                       "components < 10 px removed (8-connected)"}
+
+
+@dataclass
+class Job:
+    """Everything a run needs, as plain data (built on the main thread)."""
+
+    volume: np.ndarray | None  # (C, Z, H, W) in layer orientation (Z = 1 for 2D); raw intensities
+    slices: list[int]  # layer indices along Z to run
+    slice_map: SliceMap
+    checkpoint: Any  # a core.models.checkpoint.Checkpoint (or a path)
+    device: str = "auto"
+    L: int = 200
+    thresholds: list[float] = field(default_factory=lambda: [0.5])
+    steps: int = 20
+    seed: int = 0
+    P_first: float | None = None  # the P whose segmentation is computed before display
+    detector: Any = None  # a cached Detector for (checkpoint, device), reused when given
+    normalized: np.ndarray | None = None  # cached normalised volume for the same input
+    batch_size: int | None = None
+    threads: int | None = None  # torch threads on the CPU (default cpu_count - 1)
+    spacing: tuple[float, float] | None = None  # (rows, cols) pixel size in mm as the model sees them
+
+
+@dataclass
+class Tick:
+    done: int
+    total: int
+    stage: str
+    elapsed: float
+    masked: float = float("nan")  # mean masked fraction over the batch at this step
+
+
+@dataclass
+class Outcome:
+    """Plain arrays in the layer's orientation; K thresholds, N slices run."""
+
+    thresholds: list[float]
+    slices: list[int]
+    reconstruction: np.ndarray  # (K, N, C, H, W) float32
+    anomaly_map: np.ndarray  # (K, N, H, W) raw map sum_c (x - x_rec)^2
+    segmentation: np.ndarray  # (K, N, H, W) uint8; valid where seg_ready[k]
+    seg_ready: list[bool]
+    masked_fraction: np.ndarray  # (K, N)
+    mask_history: np.ndarray  # (S, K, N, h, w) float16, latent grid in the layer orientation
+    latent_axes: list[tuple[float, float]]  # (scale, offset) per layer in-plane axis
+    input: np.ndarray  # (N, C, H, W) normalised input
+    map_limits: tuple[float, float]
+    provenance: dict
+    detector: Any = None
+    normalized: np.ndarray | None = None
+
+    def index_of(self, P: float, tol: float = 1e-6) -> int | None:
+        for k, p in enumerate(self.thresholds):
+            if abs(p - float(P)) < tol:
+                return k
+        return None
+
+    def ensure_segmentation(self, k: int) -> np.ndarray:
+        """The segmentation of threshold ``k``, computed now if the run stopped before it."""
+        if not self.seg_ready[k]:
+            self.segmentation[k] = segment_stack(self.input, self.reconstruction[k])
+            self.seg_ready[k] = True
+        return self.segmentation[k]
+
+
+@dataclass
+class Ready:
+    outcome: Outcome
+
+
+@dataclass
+class SegDone:
+    k: int
+    segmentation: np.ndarray
+    tick: Tick
+
+
+def segment_slice(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
+    """(C, H, W) input and reconstruction -> (H, W) bool segmentation (:data:`POSTPROCESS`):
+    exactly ``segment(normalize_map(paper_anomaly_map(x, rec)))`` of the core."""
+    from ..core.inference.postprocess import normalize_map, paper_anomaly_map, segment
+
+    pp = POSTPROCESS
+    a = paper_anomaly_map(x, rec, pp["median_size"])
+    return segment(normalize_map(a, pp["low"], pp["high"]), pp["threshold"], pp["min_size"],
+                   pp["connectivity"])
+
+
+def segment_stack(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) input and reconstruction -> (N, H, W) uint8 segmentation, a slice at a time."""
+    out = np.zeros((x.shape[0],) + x.shape[2:], np.uint8)
+    for i in range(x.shape[0]):
+        out[i] = segment_slice(x[i], rec[i])
+    return out
+
+
+def _segment_ticking(x, rec, done: int, total: int, t0: float,
+                     every_s: float = 0.1) -> Generator[Tick, None, np.ndarray]:
+    """:func:`segment_stack` yielding a post-processing :class:`Tick` at most every ``every_s``
+    seconds: a whole volume takes seconds, and each yield is a cancellation point."""
+    out = np.zeros((x.shape[0],) + x.shape[2:], np.uint8)
+    last = time.perf_counter()
+    for i in range(x.shape[0]):
+        out[i] = segment_slice(x[i], rec[i])
+        now = time.perf_counter()
+        if now - last >= every_s and i + 1 < x.shape[0]:
+            last = now
+            yield Tick(done, total, f"post-processing ({i + 1}/{x.shape[0]} slices)", now - t0)
+    return out
+
+
+def run_job(job: Job) -> Generator[Tick | Ready | SegDone, None, float]:
+    """Load (or reuse) the detector, normalise, sample the (slice, P) trajectories, post-process.
+    Returns the total seconds."""
+    import torch
+
+    prev_threads = torch.get_num_threads()
+    try:
+        return (yield from _run(job, torch))
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _run(job: Job, torch) -> Generator:
+    from ..core.inference.detector import Detector, normalize_stack
+
+    t0 = time.perf_counter()
+    det = job.detector
+    if det is None:
+        det = Detector.from_checkpoint(job.checkpoint, device=job.device)
+        yield Tick(0, 0, "model loaded", time.perf_counter() - t0)
+    on_gpu = getattr(det.device, "type", "cpu") != "cpu"
+    if not on_gpu:  # physical cores less one for the GUI; an explicit OMP_NUM_THREADS wins
+        from ..core.inference.accel import configure_threads
+
+        configure_threads(job.threads, reserve_gui=True)
+    vol = job.normalized
+    if vol is None:
+        vol = np.asarray(job.volume, dtype=np.float32)
+        bad = int(vol.size - np.count_nonzero(np.isfinite(vol)))
+        if bad:  # checked before normalising: percentiles of NaN data would hide them
+            raise ValueError(f"the input contains {bad} NaN/Inf value(s); fix or mask them first")
+        # as the model's training volumes were (BraTS-style: always per-volume percentiles)
+        vol = normalize_stack(vol, det.volume_normalize("auto"), channel_axis=0)
+        yield Tick(0, 0, "normalised", time.perf_counter() - t0)
+    sm = job.slice_map
+    x_layer = np.ascontiguousarray(np.moveaxis(vol[:, job.slices], 1, 0))  # (N, C, H, W)
+    x_model = np.ascontiguousarray(sm.to_model(x_layer))
+    K = len(job.thresholds)
+    batch = job.batch_size or K * (16 if on_gpu else 2)
+    gen = det.iter_detect(x_model, L=job.L, P=job.thresholds, steps=job.steps, seed=job.seed,
+                          indices=[sm.seed_index(i) for i in job.slices], normalize="none",
+                          keep_mask_history=True, batch_size=batch, spacing=job.spacing)
+    tick = None  # stays None when every slice is empty (skipped without network calls)
+    while True:
+        try:
+            tick = next(gen)
+        except StopIteration as stop:
+            res = stop.value
+            break
+        masked = float(tick.step.mask.float().mean())
+        yield Tick(tick.done, tick.total + K, "sampling", time.perf_counter() - t0, masked)
+    n_sample = tick.total if tick is not None else 0
+    total = n_sample + K
+
+    recon = np.ascontiguousarray(sm.to_layer(res.reconstruction))
+    amap = np.ascontiguousarray(sm.to_layer(res.anomaly_map))
+    hist = res.mask_history
+    h, w = hist.shape[-2:]
+    maps = latent_map(x_model.shape[-2:], det.image_size, h, det.preprocess_mode, det.canvas)
+    axes = sm.latent_axes(maps, x_layer.shape[-2:], (h, w))
+    hi = float(max(np.percentile(amap[k], 99.9) for k in range(K))) if amap.size else 1.0
+    prov = dict(res.provenance)
+    prov["normalize"] = ("percentile (per volume and channel, as the model's training volumes)"
+                         if det.percentile_volumes else
+                         "auto (per-volume percentiles only where the values leave [0, 1])")
+    prov["anomaly_map"] = ("sum over channels of (x - x_rec)^2 per pixel, unfiltered; the "
+                           "segmentation (and berdiff detect's anomaly map) use its 5x5 median-"
+                           "filtered version")
+    prov["layer_slices"] = list(job.slices) if len(job.slices) <= 4096 else f"{job.slices[0]}.."
+    prov["torch_threads"] = None if on_gpu else torch.get_num_threads()
+    first = 0
+    if job.P_first is not None:
+        first = min(range(K), key=lambda k: abs(job.thresholds[k] - job.P_first))
+    seg = np.zeros(amap.shape, np.uint8)
+    seg[first] = yield from _segment_ticking(x_layer, recon[first], n_sample, total, t0)
+    ready = [k == first for k in range(K)]
+    prov["seconds"] = round(time.perf_counter() - t0, 3)
+    out = Outcome(list(job.thresholds), list(job.slices), recon, amap, seg, ready,
+                  res.masked_fraction, np.ascontiguousarray(sm.to_layer(hist)), axes, x_layer,
+                  (0.0, hi if hi > 0 else 1.0), prov, det, vol)
+    yield Ready(out)  # the main thread owns `out` from here on: only local arrays are read below
+    done = n_sample + 1
+    for k in range(K):
+        if k == first:
+            continue
+        s = yield from _segment_ticking(x_layer, recon[k], done, total, t0)
+        done += 1
+        yield SegDone(k, s, Tick(done, total, "post-processing", time.perf_counter() - t0))
+    return time.perf_counter() - t0

@@ -1,0 +1,124 @@
+"""The widget's controls (magicgui widgets in a Qt layout); no behaviour here."""
+
+from __future__ import annotations
+
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label,
+                              LineEdit, PushButton, Slider, SpinBox)
+
+from .inputs import BUNDLED_CHOICES, FILE_CHOICE
+
+DEFAULT_SWEEP = "0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9"
+SCOPES = ("current slice", "all slices", "slice range")
+PLUGIN = "napari-berdiff"
+
+
+def plugin_defaults() -> dict:
+    """The widget defaults from napari's preferences (the manifest's ``configurations.widget``:
+    device, checkpoint, noise_level, threshold, steps, p_sweep, seed); {} where napari has no
+    plugin settings (napari < 0.9) or the plugin is not registered (a bare widget in a test)."""
+    try:
+        from napari.settings import get_plugin_settings
+
+        widget = get_plugin_settings(PLUGIN).widget
+    except (ImportError, KeyError, AttributeError):
+        return {}
+    keys = ("device", "checkpoint", "noise_level", "threshold", "steps", "p_sweep", "seed")
+    return {k: getattr(widget, k) for k in keys if hasattr(widget, k)}
+
+
+COMBO_CHARS = 14  # a combo box is this many characters wide; longer layer names are elided
+
+
+def elide_combo(combo: ComboBox) -> None:
+    """Keep a combo box at a fixed text width however long its items (BraTS layer names are
+    long): the dock stays narrow and no control is pushed out of sight."""
+    from qtpy.QtWidgets import QComboBox
+
+    native = combo.native
+    native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    native.setMinimumContentsLength(COMBO_CHARS)
+
+
+class Controls:
+    """All input widgets of :class:`~napari_berdiff.plugin.widget.BerdiffWidget`, grouped."""
+
+    def __init__(self, devices: list[str]):
+        self.model_choice = ComboBox(label="model", choices=[*BUNDLED_CHOICES, FILE_CHOICE])
+        self.model_file = FileEdit(label="checkpoint", mode="r", filter="*.pt", visible=False)
+        self.model_info = Label(label="", value="")
+        self.multi = ComboBox(label="multi-channel layer", choices=[], nullable=True,
+                              tooltip="one layer holding all the model's channels: (C, Z, Y, X), "
+                                      "(Z, Y, X, C), (C, Y, X) or RGB(A); leave empty to choose "
+                                      "one layer per channel below")
+        self.inputs = Container(labels=True)
+        self.input_info = Label(label="", value="")
+        self.L = Slider(label="noise level L", min=1, max=1000, value=200,
+                        tooltip="diffusion steps of noise added to the latent code (1..1000)")
+        self.P = FloatSlider(label="threshold P", min=0.0, max=1.0, step=0.01, value=0.5,
+                             tooltip="a latent bit is masked (resampled) once its flip probability "
+                                     "exceeds P; P = 0 masks everything, P = 1 nothing")
+        self.steps = SpinBox(label="steps S", min=1, max=200, value=20,
+                             tooltip="strided denoising steps from L down to 0 (1..L)")
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        self.sweep_on = CheckBox(text="sample a P sweep (instant P slider)", value=True)
+        self.sweep = LineEdit(label="P sweep", value=DEFAULT_SWEEP,
+                              tooltip="P values sampled in one batch: 0.1, 0.3, 0.5 or 0.1:0.9:0.1")
+        self.device = ComboBox(label="device", choices=devices)
+        self.device_info = Label(label="", value="")
+        self.scope = ComboBox(label="scope", choices=list(SCOPES))
+        self.range_from = SpinBox(label="from slice", min=0, max=10_000, value=0, visible=False)
+        self.range_to = SpinBox(label="to slice", min=0, max=10_000, value=0, visible=False)
+        self.live = CheckBox(text="re-run when L or P changes", value=True)
+        self.run = PushButton(text="Run")
+        self.cancel = PushButton(text="Cancel", enabled=False)
+        self.status = Label(label="", value="")
+        self.grid = PushButton(text="Side by side",
+                               tooltip="napari's grid view: input | reconstruction | difference "
+                                       "(first channel); press again to undo")
+        buttons = Container(widgets=[self.run, self.cancel], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        # the settings scroll; Run, Cancel and the status line stay pinned below them (the
+        # masked-fraction dock that opens at the first run takes half of a short dock)
+        self.container = Container(widgets=[
+            self.model_choice, self.model_file, self.model_info, self.multi, self.inputs,
+            self.input_info, self.L, self.P,
+            self.steps, self.seed, self.sweep_on, self.sweep, self.device, self.device_info,
+            self.scope, self.range_from, self.range_to, self.live, self.grid,
+        ], labels=True)
+        self.footer = Container(widgets=[buttons, self.status], labels=False)
+        for lab in (self.model_info, self.input_info, self.device_info, self.status):
+            lab.native.setWordWrap(True)
+        # the pinned status line keeps room for two lines (a wrapped message is never clipped)
+        lines = self.status.native.fontMetrics().lineSpacing()
+        self.status.native.setMinimumHeight(2 * lines + 6)
+        for combo in (self.model_choice, self.multi, self.device, self.scope):
+            elide_combo(combo)
+
+    def apply_defaults(self, d: dict) -> None:
+        """Start from the user's preferences (see :func:`plugin_defaults`); call before the
+        widgets are connected. A device that is not available stays selectable: it runs on the
+        CPU with the usual visible warning."""
+        if "noise_level" in d:
+            self.L.value = int(d["noise_level"])
+        self.steps.max = int(self.L.value)
+        if "steps" in d:
+            self.steps.value = min(int(d["steps"]), int(self.L.value))
+        if "threshold" in d:
+            self.P.value = float(d["threshold"])
+        if "seed" in d:
+            self.seed.value = int(d["seed"])
+        if "p_sweep" in d:
+            self.sweep.value = str(d["p_sweep"])
+            self.sweep_on.value = bool(str(d["p_sweep"]).strip())
+        dev = str(d.get("device") or "").strip()
+        if dev:
+            if dev not in self.device.choices:
+                self.device.choices = [*self.device.choices, dev]
+            self.device.value = dev
+
+    def set_info(self, label: Label, text: str, level: str = "info") -> None:
+        colour = {"info": "", "warning": "color: #e0a030;", "error": "color: #f05050;"}[level]
+        if label.native.styleSheet() != colour:  # restyling re-lays out the dock: only on change
+            label.native.setStyleSheet(colour)
+        if label.value != text:
+            label.value = text

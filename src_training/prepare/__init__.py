@@ -1,0 +1,1 @@
+"""Dataset preparation: BraTS, OCT and plain folders into the prepared format."""

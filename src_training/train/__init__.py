@@ -1,0 +1,1 @@
+"""Training: the loop and its state, the autoencoder and diffusion stages, losses, EMA, DDP."""

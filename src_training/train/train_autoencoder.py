@@ -1,0 +1,256 @@
+"""Stage 1: train the binarizing autoencoder on healthy images (SPEC section 7).
+
+Loss: reconstruction (L1, as the released code in practice, or MSE) + optional LPIPS (only with
+local weights) + a PatchGAN hinge adversarial term from step ``gan_start`` on (30001 in the released
+code, i.e. never within its 12k-step runs), weighted adaptively by
+``||grad L_rec|| / (||grad L_G|| + 1e-4)`` at the decoder's last layer (clamped to [0, 1]) times
+``disc_weight``. Adam (lr 1.08e-4), EMA 0.995, mixed precision on CUDA. Bits are sampled with the
+straight-through estimator inside :class:`~napari_berdiff.core.models.autoencoder.BinaryAutoencoder`.
+
+The released file (``out_dir/autoencoder.pt``) holds the EMA weights and the config, with
+``meta`` from the caller (channel names, preprocessing; ``berdiff train-ae`` fills them in from the
+prepared directory) plus ``meta["training"]`` (command line, steps, data, preset, time).
+
+Multi-process training (one process per GPU, or several CPU processes with gloo)::
+
+    torchrun --nproc_per_node=2 -m napari_berdiff.cli train-ae DATA --out DIR [options]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.models.configs import AutoencoderConfig, get_preset
+
+from .discriminator import PatchDiscriminator
+from .distributed import DistInfo, init_distributed, wrap_ddp
+from .ema import EMA
+from .loop import LoopOptions, TrainState, TrainTask, run_training
+from .train_state import configure_cuda, resolve_amp, seed_everything
+from .losses import (adaptive_weight, code_entropy, hinge_d_loss, hinge_g_loss, load_lpips,
+                     reconstruction_loss)
+from .content_mix import content_mix as mix_content
+from .stage_common import check_dataset, fixed_batch, probe_dataset, training_record
+from .trainlog import save_image_grid
+
+__all__ = ["train_autoencoder", "AutoencoderTask"]
+
+
+class _DiscPair(nn.Module):
+    """Real and fake through the discriminator in one forward (one DDP forward per backward)."""
+
+    def __init__(self, disc: nn.Module) -> None:
+        super().__init__()
+        self.disc = disc
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor):
+        return self.disc(real), self.disc(fake)
+
+
+class AutoencoderTask(TrainTask):
+    stage = "autoencoder"
+    final_name = "autoencoder.pt"
+
+    def __init__(self, cfg: AutoencoderConfig, info: DistInfo, *, amp, lr: float, ema: float,
+                 rec_loss: str, gan_start: int, disc_weight: float, disc_lr: float,
+                 lpips, lpips_weight: float, meta: dict, samples: torch.Tensor,
+                 entropy_weight: float = 0.0, content_mix: float = 0.0) -> None:
+        self.cfg, self.info, self.amp = cfg, info, amp
+        self.entropy_weight = float(entropy_weight)
+        self.content_mix = float(content_mix)
+        self.rec_loss, self.gan_start, self.disc_weight = rec_loss, int(gan_start), float(disc_weight)
+        self.lpips, self.lpips_weight = lpips, float(lpips_weight)
+        self.meta, self.samples = meta, samples
+        dev = info.device
+        self.ae = BinaryAutoencoder(cfg).to(dev)
+        self.ae_ddp = wrap_ddp(self.ae, info)
+        models: dict[str, nn.Module] = {"autoencoder": self.ae}
+        opts = {"autoencoder": torch.optim.Adam(self.ae.parameters(), lr=lr)}
+        scalers = {"autoencoder": amp.scaler()}
+        self.disc = None
+        if self.disc_weight > 0:
+            self.disc = PatchDiscriminator(cfg.in_channels, cfg.disc_channels).to(dev)
+            self.disc_pair = wrap_ddp(_DiscPair(self.disc), info)
+            models["discriminator"] = self.disc
+            opts["discriminator"] = torch.optim.Adam(self.disc.parameters(), lr=disc_lr)
+            scalers["discriminator"] = amp.scaler()
+        if self.lpips is not None:
+            self.lpips.to(dev)
+        self.state = TrainState(models, opts, {"autoencoder": EMA(self.ae, ema)}, scalers)
+
+    def train_step(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        st = self.state
+        opt, scaler = st.optimizers["autoencoder"], st.scalers["autoencoder"]
+        use_gan = self.disc is not None and step >= self.gan_start
+        if self.content_mix > 0:  # the target is the mixed image itself (identity)
+            x = mix_content(x, self.content_mix)
+        with self.amp.autocast():
+            x_rec, probs, _bits = self.ae_ddp(x)
+        nll = reconstruction_loss(x_rec, x, self.rec_loss)
+        out = {"rec": nll.detach()}
+        if self.lpips is not None:
+            with self.amp.autocast():
+                p = self.lpips(x_rec, x)
+            nll = nll + self.lpips_weight * p
+            out["lpips"] = p.detach()
+        h = code_entropy(probs)
+        out["code_entropy"] = h.detach()
+        if self.entropy_weight > 0:
+            nll = nll + self.entropy_weight * h
+        loss = nll
+        if use_gan:
+            self.disc.requires_grad_(False)  # the generator step leaves the discriminator alone
+            try:
+                with self.amp.autocast():
+                    g = hinge_g_loss(self.disc(x_rec))
+                scale = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
+                w = adaptive_weight(nll, g, self.ae.last_layer_weight, scale=scale) * self.disc_weight
+            finally:
+                self.disc.requires_grad_(True)
+            loss = nll + w * g
+            out.update(g=g.detach(), d_weight=w)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if use_gan:
+            opt_d, scaler_d = st.optimizers["discriminator"], st.scalers["discriminator"]
+            with self.amp.autocast():
+                real, fake = self.disc_pair(x, x_rec.detach())
+            d = hinge_d_loss(real, fake)
+            opt_d.zero_grad(set_to_none=True)
+            scaler_d.scale(d).backward()
+            scaler_d.step(opt_d)
+            scaler_d.update()
+            out.update(d=d.detach(), logit_real=real.detach().float().mean(),
+                       logit_fake=fake.detach().float().mean())
+        st.emas["autoencoder"].update(self.ae)
+        out["loss"] = loss.detach()
+        out["bits_p"] = probs.detach().float().mean()
+        return out
+
+    def export(self, ema_states: Mapping[str, dict]) -> dict:
+        meta = dict(self.meta)
+        meta["training"] = dict(meta.get("training", {}), steps=self.state.step)
+        meta["trained_with"] = meta["training"].get("trained_with", "")
+        return {"autoencoder": ema_states["autoencoder"]["shadow"], "ae_config": self.cfg,
+                "meta": meta}
+
+    def check_resume(self, ckpt: Mapping) -> None:
+        saved = ckpt.get("autoencoder", {}).get("config")
+        if saved != self.cfg.to_dict():
+            raise ValueError(f"the checkpoint's autoencoder config {saved} differs from this run's "
+                             f"{self.cfg.to_dict()}; use another --out or the same config")
+
+    @torch.no_grad()
+    def write_samples(self, path: Path, step: int) -> None:
+        model = self.state.emas["autoencoder"].shadow
+        x = self.samples
+        g = torch.Generator(device=x.device).manual_seed(0)
+        probs = model.encode(x)
+        rec = model.decode(model.sample_bits(probs, generator=g)).clamp(0, 1).float()
+        mse = ((rec - x) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+        psnr = float((10 * torch.log10(x.flatten(1).amax(1).clamp_min(1e-6) ** 2 / mse)).mean())
+        save_image_grid([("input", x), ("EMA recon", rec), ("|diff|", (rec - x).abs())], path,
+                        title=f"step {step}  PSNR {psnr:.2f} dB")
+
+
+def train_autoencoder(
+    dataset,
+    out_dir: str | Path,
+    *,
+    preset: str = "small",
+    config: AutoencoderConfig | None = None,
+    in_channels: int | None = None,
+    steps: int = 12000,
+    batch_size: int = 6,
+    lr: float = 1.08e-4,
+    ema: float = 0.995,
+    rec_loss: str = "l1",
+    gan_start: int = 30001,
+    disc_weight: float = 1.0,
+    disc_lr: float | None = None,
+    lpips: str | bool = "off",
+    lpips_weight: float = 1.0,
+    entropy_weight: float = 0.0,
+    content_mix: float = 0.0,
+    ckpt_every: int = 1000,
+    log_every: int = 50,
+    sample_every: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    amp: str = "auto",
+    resume: str | Path | bool | None = None,
+    num_workers: int = 0,
+    threads: int | None = None,
+    meta: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    on_end: Callable[[TrainTask], None] | None = None,
+) -> Path:
+    """Train the autoencoder on ``dataset`` ((C, S, S) float images in [0, 1], or tuples/dicts
+    whose first item is one); returns the path of ``out_dir/autoencoder.pt``.
+
+    ``config`` overrides ``preset``; ``in_channels`` defaults to the dataset's. ``gan_start`` is
+    the 1-based step of the first adversarial update; ``disc_weight=0`` trains without a
+    discriminator. ``lpips``: ``off`` | ``auto`` (use it when its weights are on disk) | ``on``
+    (error without them). ``entropy_weight``: factor on the mean binary entropy of the code
+    (:func:`~src_training.train.losses.code_entropy`; 0 = SPEC 7 exactly): it pushes the bit
+    probabilities to 0 or 1 so that the diffusion model gets a learnable code. ``content_mix``:
+    probability that a training image carries a pasted region of another healthy image with new
+    contrast (:func:`~src_training.train.content_mix.content_mix`; 0 = SPEC 7 exactly): it teaches the
+    autoencoder to reproduce content it has not seen, such as anomalies. ``resume``: None =
+    continue from ``out_dir/last.pt`` if present, a path, or False = start afresh. ``threads``
+    sets torch's CPU threads (default: torch's choice; under torchrun on the CPU the cores are
+    shared out between the local processes). ``num_workers``: DataLoader worker processes. ``amp``: ``auto`` | ``bf16`` | ``fp16`` | ``off`` (CUDA only).
+    Under ``torchrun`` each process trains on its shard (DDP; ``batch_size`` is per process); call
+    it the same way. Raises :class:`~src_training.train.train_state.TrainingInterrupted` after saving when
+    stopped by Ctrl-C/SIGTERM.
+    """
+    info = init_distributed(device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    if info.device_warning and info.is_main:
+        print(f"warning: {info.device_warning}", file=sys.stderr)
+    probed = probe_dataset(dataset)
+    if config is None:
+        config, _ = get_preset(preset, in_channels or probed[0])
+    else:
+        if in_channels is not None and int(in_channels) != config.in_channels:
+            raise ValueError(f"in_channels={in_channels} contradicts the config's "
+                             f"{config.in_channels}")
+        preset = None
+    what = f"the '{preset}' autoencoder config" if preset else "the autoencoder config"
+    check_dataset(dataset, config.in_channels, config.image_size, what, probed)
+    if entropy_weight < 0:
+        raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}")
+    if not 0.0 <= content_mix <= 1.0:
+        raise ValueError(f"content_mix must be a probability in [0, 1], got {content_mix}")
+    if rec_loss not in ("l1", "mse"):
+        raise ValueError(f"rec_loss must be l1 or mse, got {rec_loss!r}")
+    opts = LoopOptions(out_dir=Path(out_dir), steps=steps, batch_size=batch_size, seed=seed,
+                       ckpt_every=ckpt_every, log_every=log_every, sample_every=sample_every,
+                       resume=resume, num_workers=num_workers, progress=progress, on_end=on_end)
+    amp_cfg = resolve_amp(amp, info.device)
+    configure_cuda(info.device)
+    perceptual = load_lpips(lpips)
+    hyper = dict(batch_size=batch_size, lr=lr, ema=ema, rec_loss=rec_loss, gan_start=gan_start,
+                 disc_weight=disc_weight, disc_lr=disc_lr or lr, lpips=perceptual is not None,
+                 entropy_weight=float(entropy_weight), content_mix=float(content_mix),
+                 seed=seed, amp=amp_cfg.name, device=str(info.device))
+    out_meta = dict(meta or {})
+    out_meta["training"] = training_record("autoencoder", steps=steps, preset=preset,
+                                           dataset=dataset, world_size=info.world_size, **hyper)
+    samples = fixed_batch(dataset, 4, info.device)
+    seed_everything(seed)  # identical initial weights on every rank
+    task = AutoencoderTask(config, info, amp=amp_cfg, lr=lr, ema=ema, rec_loss=rec_loss,
+                           gan_start=gan_start, disc_weight=disc_weight, disc_lr=disc_lr or lr,
+                           lpips=perceptual, lpips_weight=lpips_weight, meta=out_meta,
+                           samples=samples, entropy_weight=entropy_weight,
+                           content_mix=content_mix)
+    return run_training(task, dataset, opts)

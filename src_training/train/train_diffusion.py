@@ -1,0 +1,274 @@
+"""Stage 2: train the Bernoulli diffusion U-Net in the frozen autoencoder's binary latent space.
+
+Each step (SPEC section 4): fresh stochastic codes ``z_0 ~ Bernoulli(E(x))`` from the frozen
+autoencoder (the EMA weights of its final checkpoint), ``t`` uniform in 1..T (1-based, as the U-Net
+takes it), ``z_t = schedule.q_sample(z_0, t)`` (the paper's symmetric process) and binary
+cross-entropy between ``sigmoid(UNet(z_t, t))`` and the flip indicator ``z_t XOR z_0`` (from the
+logits, mean over bits, in nats; divide by ln 2 for bits). AdamW (lr 1e-4, weight decay 0),
+EMA 0.999, no learning-rate schedule, no gradient clipping.
+
+The released file (``out_dir/model.pt``) holds both networks (the autoencoder copied from its
+checkpoint, the U-Net's EMA weights), the schedule and ``meta``: the autoencoder checkpoint's meta
+(``channel_names``, ``preprocess``, ``modality``, ... which the detector reads) with its training
+record moved to ``meta["autoencoder_training"]``, plus this stage's ``meta["training"]`` and
+``meta["trained_with"]``. ``Detector.from_checkpoint`` loads it directly.
+
+Multi-process training::
+
+    torchrun --nproc_per_node=2 -m napari_berdiff.cli train-diffusion DATA --ae AE.pt --out DIR [options]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from napari_berdiff.core.models.checkpoint import Checkpoint, load_checkpoint
+from napari_berdiff.core.models.configs import PRESETS, UNetConfig, get_preset
+from napari_berdiff.core.diffusion.sampler import masked_sampler, run_sampler
+from napari_berdiff.core.diffusion.schedule import BernoulliSchedule
+from napari_berdiff.core.models.unet import BernoulliUNet
+
+from .code_cache import CodeCache, cache_bytes, describe, should_cache
+from .distributed import DistInfo, init_distributed, wrap_ddp
+from .ema import EMA
+from .loop import LoopOptions, TrainState, TrainTask, run_training
+from .train_state import configure_cuda, resolve_amp, seed_everything
+from .losses import flip_bce_loss
+from .stage_common import check_dataset, fixed_batch, training_record
+from .trainlog import save_image_grid
+
+__all__ = ["train_diffusion", "DiffusionTask", "unet_config_for"]
+
+
+def unet_config_for(ck: Checkpoint, preset: str | None = None,
+                    unet_config: UNetConfig | None = None) -> tuple[UNetConfig, str | None]:
+    """The U-Net config for the autoencoder in ``ck``: given, from ``preset``, or the preset whose
+    autoencoder the checkpoint's matches. Its latent must match the autoencoder's."""
+    ae = ck.ae_config
+    if unet_config is None and preset is None:
+        for name in PRESETS:
+            if get_preset(name, ae.in_channels)[0] == ae:
+                preset = name
+                break
+        else:
+            raise ValueError("the autoencoder matches no preset; choose the U-Net with --config")
+    if unet_config is None:
+        unet_config = get_preset(preset, ae.in_channels)[1]  # type: ignore[arg-type]
+    if (unet_config.latent_channels, unet_config.latent_size) != (ae.latent_channels, ae.latent_size):
+        raise ValueError(
+            f"the U-Net config ({unet_config.latent_channels}x{unet_config.latent_size}x"
+            f"{unet_config.latent_size}) does not match the autoencoder's latent "
+            f"({ae.latent_channels}x{ae.latent_size}x{ae.latent_size})")
+    return unet_config, preset
+
+
+class DiffusionTask(TrainTask):
+    stage = "diffusion"
+    final_name = "model.pt"
+
+    def __init__(self, ck: Checkpoint, cfg: UNetConfig, schedule: BernoulliSchedule,
+                 info: DistInfo, *, amp, lr: float, weight_decay: float, ema: float, meta: dict,
+                 samples: torch.Tensor, sample_L: int, t_max: int | None = None) -> None:
+        self.ck, self.cfg, self.schedule, self.info, self.amp = ck, cfg, schedule, info, amp
+        self.codes_cached = False  # True: batches are the encoder's probabilities (CodeCache)
+        self.t_max = int(t_max or schedule.T)
+        self.meta, self.samples, self.sample_L = meta, samples, int(sample_L)
+        dev = info.device
+        self.ae = ck.build_autoencoder(dev).requires_grad_(False)  # eval mode, frozen
+        self.unet = BernoulliUNet(cfg).to(dev)
+        self.unet_ddp = wrap_ddp(self.unet, info)
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=lr, weight_decay=weight_decay)
+        self.state = TrainState({"unet": self.unet}, {"unet": opt}, {"unet": EMA(self.unet, ema)},
+                                {"unet": amp.scaler()})
+
+    def train_step(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        opt, scaler = self.state.optimizers["unet"], self.state.scalers["unet"]
+        with torch.no_grad():
+            probs = x if self.codes_cached else self.encode(x)
+            z0 = torch.bernoulli(probs.float())  # fresh stochastic code every step
+            t = torch.randint(1, self.t_max + 1, (x.shape[0],), device=x.device)
+            z_t = self.schedule.q_sample(z0, t)
+        with self.amp.autocast():
+            logits = self.unet_ddp(z_t, t)
+        loss = flip_bce_loss(logits, z_t, z0)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        self.state.emas["unet"].update(self.unet)
+        return {"bce": loss.detach()}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen encoder's bit probabilities of a batch of images (under the run's amp)."""
+        with self.amp.autocast():
+            return self.ae.encode(x)
+
+    def export(self, ema_states: Mapping[str, dict]) -> dict:
+        meta = dict(self.meta)
+        meta["training"] = dict(meta.get("training", {}), steps=self.state.step)
+        meta["trained_with"] = meta["training"].get("trained_with", "")
+        return {"autoencoder": self.ck.ae_state, "ae_config": self.ck.ae_config,
+                "unet": ema_states["unet"]["shadow"], "unet_config": self.cfg,
+                "schedule": self.schedule, "meta": meta}
+
+    def check_resume(self, ckpt: Mapping) -> None:
+        saved = ckpt.get("unet", {}).get("config")
+        if saved != self.cfg.to_dict():
+            raise ValueError(f"the checkpoint's U-Net config {saved} differs from this run's "
+                             f"{self.cfg.to_dict()}; use another --out or the same config")
+        if ckpt.get("schedule") != self.schedule.to_dict():
+            raise ValueError(f"the checkpoint's schedule {ckpt.get('schedule')} differs from "
+                             f"{self.schedule.to_dict()}")
+        ae = ckpt.get("autoencoder", {}).get("state_dict", {})
+        same = set(ae) == set(self.ck.ae_state) and all(
+            torch.equal(ae[k], self.ck.ae_state[k]) for k in ae)
+        if not same:
+            raise ValueError(f"the checkpoint to resume was trained on another autoencoder than "
+                             f"{self.ck.path}; use another --out (or that autoencoder)")
+
+    @torch.no_grad()
+    def write_samples(self, path: Path, step: int) -> None:
+        unet = self.state.emas["unet"].shadow
+        x = self.samples
+        g = torch.Generator(device=x.device).manual_seed(0)
+        z = self.ae.sample_bits(self.ae.encode(x), generator=g)
+        L = min(self.sample_L, self.schedule.T)
+        out = run_sampler(masked_sampler(lambda zt, t: torch.sigmoid(unet(zt, t)), z, self.schedule,
+                                         L, [0.0, 0.5], steps=min(L, 25), seeds=0))
+        dec = lambda c: self.ae.decode(c).clamp(0, 1).float()  # noqa: E731
+        zs = out.z0.view(x.shape[0], 2, *z.shape[1:])
+        ae_only, unmasked, masked = dec(z), dec(zs[:, 0]), dec(zs[:, 1])
+        frac = out.masked_fraction.view(-1, 2)[:, 1].mean()
+        save_image_grid([("input", x), ("AE only", ae_only), (f"unmasked L={L}", unmasked),
+                         ("masked P=0.5", masked), ("(x-rec)^2", (x - masked) ** 2)], path,
+                        title=f"step {step}  masked fraction {float(frac):.3f}")
+
+
+def train_diffusion(
+    dataset,
+    ae_checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    preset: str | None = None,
+    unet_config: UNetConfig | None = None,
+    steps: int = 200_000,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    weight_decay: float = 0.0,
+    ema: float = 0.999,
+    schedule: BernoulliSchedule | None = None,
+    ckpt_every: int = 1000,
+    log_every: int = 50,
+    sample_every: int = 2000,
+    sample_L: int = 200,
+    seed: int = 0,
+    device: str = "auto",
+    amp: str = "auto",
+    resume: str | Path | bool | None = None,
+    num_workers: int = 0,
+    threads: int | None = None,
+    meta: Mapping[str, Any] | None = None,
+    meta_defaults: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    on_end: Callable[[TrainTask], None] | None = None,
+    init_unet: str | Path | None = None,
+    t_max: int | None = None,
+    cache_codes: str = "auto",
+) -> Path:
+    """Train the diffusion U-Net on the codes of the frozen autoencoder in ``ae_checkpoint``;
+    returns the path of ``out_dir/model.pt`` (autoencoder + U-Net + schedule + meta).
+
+    The U-Net config is ``unet_config``, else ``preset``'s, else that of the preset whose
+    autoencoder matches the checkpoint's. ``meta`` entries are added to (and override) the ones
+    carried over from the autoencoder checkpoint; ``meta_defaults`` fill in only what that meta
+    lacks (the CLI passes the prepared data's channel names and preprocessing there).
+    ``sample_L`` is the noise level of the sample grids. ``init_unet``: a diffusion checkpoint whose
+    U-Net weights start the run (fine-tuning on a further-trained autoencoder; same U-Net config;
+    ignored when the run resumes from ``out_dir/last.pt``). ``t_max``: train on steps t in
+    1..t_max only (default T): the detector never samples above its L, so a model meant for L <= 400
+    spends its whole budget there; recorded as ``meta["max_L"]``, which the detector and the widget
+    respect. ``cache_codes`` ("auto", "on", "off"): encode the training images once and draw
+    each step's code from the stored probabilities (:mod:`src_training.train.code_cache`; the same
+    distribution as encoding every batch, about twice as fast on the CPU); "auto" caches when the
+    codes fit in a quarter of the available memory. The other options are those of
+    :func:`~src_training.train.train_autoencoder.train_autoencoder`.
+    """
+    info = init_distributed(device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    if info.device_warning and info.is_main:
+        print(f"warning: {info.device_warning}", file=sys.stderr)
+    ck = load_checkpoint(ae_checkpoint)
+    if ck.ae_config is None:
+        raise ValueError(f"{ae_checkpoint} holds no autoencoder")
+    cfg, preset = unet_config_for(ck, preset, unet_config)
+    check_dataset(dataset, ck.ae_config.in_channels, ck.ae_config.image_size,
+                  f"the autoencoder in {ae_checkpoint}")
+    schedule = schedule or BernoulliSchedule()
+    opts = LoopOptions(out_dir=Path(out_dir), steps=steps, batch_size=batch_size, seed=seed,
+                       ckpt_every=ckpt_every, log_every=log_every, sample_every=sample_every,
+                       resume=resume, num_workers=num_workers, progress=progress, on_end=on_end)
+    amp_cfg = resolve_amp(amp, info.device)
+    configure_cuda(info.device)
+    out_meta = dict(meta_defaults or {})
+    out_meta.update({k: v for k, v in ck.meta.items() if k not in ("training", "trained_with")})
+    if "training" in ck.meta:
+        out_meta["autoencoder_training"] = ck.meta["training"]
+    out_meta.update(dict(meta or {}))
+    out_meta["autoencoder_checkpoint"] = str(ck.path)
+    out_meta["autoencoder_sha256"] = ck.sha256
+    out_meta["training"] = training_record(
+        "diffusion", steps=steps, preset=preset, dataset=dataset, world_size=info.world_size,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema=ema, seed=seed,
+        amp=amp_cfg.name, device=str(info.device))
+    if t_max is not None and not 1 <= int(t_max) <= schedule.T:
+        raise ValueError(f"t_max must be in 1..{schedule.T}, got {t_max}")
+    out_meta["training"]["t_max"] = int(t_max or schedule.T)
+    out_meta["max_L"] = int(t_max or schedule.T)
+    init = _init_checkpoint(init_unet, cfg) if init_unet is not None else None
+    if init is not None:
+        out_meta["training"].update(init_unet=str(init.path), init_unet_sha256=init.sha256)
+    samples = fixed_batch(dataset, 4, info.device)
+    seed_everything(seed)  # identical initial weights on every rank
+    task = DiffusionTask(ck, cfg, schedule, info, amp=amp_cfg, lr=lr, weight_decay=weight_decay,
+                         ema=ema, meta=out_meta, samples=samples,
+                         sample_L=min(sample_L, int(t_max or schedule.T)), t_max=t_max)
+    if init is not None:  # a resumed run's last.pt replaces these weights again
+        task.unet.load_state_dict(init.unet_state)
+        task.state.emas["unet"].shadow.load_state_dict(init.unet_state)
+    dataset = _maybe_cache(task, dataset, cache_codes, batch_size, info)
+    return run_training(task, dataset, opts)
+
+
+def _maybe_cache(task: DiffusionTask, dataset, mode: str, batch_size: int, info: DistInfo):
+    """The dataset of cached codes when ``mode`` and the memory allow it, else ``dataset``."""
+    ae = task.ck.ae_config
+    n_bytes = cache_bytes(len(dataset), (ae.latent_channels, ae.latent_size, ae.latent_size),
+                          bool(getattr(dataset, "hflip", False)))
+    use, why = should_cache(mode, n_bytes)
+    if not use:
+        if info.is_main and mode != "off":
+            print(why, file=sys.stderr)
+        return dataset
+
+    cache = CodeCache(dataset, task.encode, info.device, batch_size=max(batch_size, 16))
+    task.codes_cached = True
+    task.meta["training"]["code_cache"] = True
+    if info.is_main:
+        print(f"{why}; encoded the training set once: {describe(cache)}", file=sys.stderr)
+    return cache
+
+
+def _init_checkpoint(path: str | Path, cfg: UNetConfig) -> Checkpoint:
+    """The diffusion checkpoint at ``path``, checked to hold a U-Net of config ``cfg``."""
+    init = load_checkpoint(path)
+    if init.unet_state is None or init.unet_config is None:
+        raise ValueError(f"{path} holds no diffusion U-Net to start from")
+    if init.unet_config != cfg:
+        raise ValueError(f"the U-Net in {path} has another config ({init.unet_config.to_dict()}) "
+                         f"than this run's ({cfg.to_dict()})")
+    return init
