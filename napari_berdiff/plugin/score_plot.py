@@ -58,7 +58,7 @@ class ScorePlot(QWidget):
         ax = self.ax
         ax.clear()
         if sweep is not None and thresholds is not None and len(thresholds) > 1:
-            for p, row in zip(thresholds, sweep):
+            for _p, row in zip(thresholds, sweep):
                 ax.plot(self.slices, row, color="0.75", lw=0.8, marker="." if len(slices) < 3 else None)
         (self._line,) = ax.plot(self.slices, fractions, color="tab:orange", lw=1.6,
                                 marker="o" if len(slices) < 3 else None,

@@ -157,7 +157,7 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
                 for _, (_, img, mask) in order]
         results = progress(parallel_map(image_job, jobs, workers), len(jobs), "OCT images",
                            show_progress)
-        for (s, (cls, img, mask)), res in zip(order, results):
+        for (s, (cls, img, _mask)), res in zip(order, results):
             if isinstance(res, DataError):
                 skip_or_raise(skipped, str(img.relative_to(base)), res, skip_bad)
                 continue

@@ -130,7 +130,7 @@ def save_checkpoint(
         if model is None:
             continue
         if isinstance(model, torch.nn.Module):
-            cfg = cfg if cfg is not None else getattr(model, "config")
+            cfg = cfg if cfg is not None else model.config
             model = model.state_dict()
         if cfg is None:
             raise ValueError(f"saving a {key} state dict needs its config")

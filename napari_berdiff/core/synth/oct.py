@@ -127,7 +127,7 @@ def make_bscan(seed: int, drusen: bool | int = False, patient: int | None = None
     edges = [tops[name] for name, _, _ in LAYERS] + [rpe_bottom]
     steps = [soft_step(ys - e[None, :], sharp) for e in edges]
     img = rng.uniform(0.03, 0.07) * (1 - steps[0])  # vitreous
-    for k, (name, _, grey) in enumerate(LAYERS):
+    for k, (_, _, grey) in enumerate(LAYERS):
         g = grey * pp["contrast"][k] * (1 + 0.07 * smooth_noise(rng, (HEIGHT, WIDTH), (30.0, 60.0)))
         img += (steps[k] - steps[k + 1]) * g
     # drusen material and Bruch's membrane
