@@ -24,5 +24,9 @@ def run(args) -> int:
         "meta": ck.meta,
         "has_training_state": ck.training_state is not None,
     }
+    cor = (ck.meta.get("training") or {}).get("corruption_description")
+    if ck.unet_config is not None:  # how the U-Net's training codes were corrupted
+        info["diffusion_corruption"] = cor or "iid (the paper's i.i.d. bit flips only)"
+
     print(json.dumps(info, indent=2, default=str))
     return 0

@@ -96,6 +96,27 @@ def register(sub) -> None:
                    help="encode the training images once and draw each step's code from the "
                         "stored probabilities (same distribution, about 2x faster on the CPU); "
                         "auto: when they fit in a quarter of the free memory (default)")
+    c = q.add_argument_group(
+        "structured corruption (an addition to the paper, off by default)",
+        "A share of the clean training codes gets a coherent wrong region before the usual "
+        "noise; the target stays the flips relative to the clean code, so the U-Net learns to "
+        "flag such regions (what the mask eps_hat > P needs to find anomalies). Healthy "
+        "training data only.")
+    c.add_argument("--corruption", default="iid", choices=("iid", "patch", "blob", "image"),
+                   help="iid: the paper (default); patch: the bits of another training code, "
+                        "shifted; blob: random flips in the region; image: a region of another "
+                        "training image with new contrast, encoded (no code cache)")
+    c.add_argument("--corruption-prob", type=float, default=0.5, metavar="PROB",
+                   help="share of the training codes that get a region (0.5)")
+    c.add_argument("--corruption-area", type=float, nargs=2, default=(0.03, 0.25),
+                   metavar=("MIN", "MAX"),
+                   help="share of the latent cells a region covers, drawn uniformly (0.03 0.25)")
+    c.add_argument("--corruption-shape", default="blob", choices=("blob", "box"),
+                   help="smooth random blobs or boxes (blob)")
+    c.add_argument("--corruption-shift", type=int, default=8, metavar="CELLS",
+                   help="patch: the donor code is shifted by up to this many latent cells (8)")
+    c.add_argument("--corruption-flip-rate", type=float, default=0.5, metavar="RATE",
+                   help="blob: each bit in the region flips with this probability (0.5)")
     q.set_defaults(func=run_diffusion)
 
 
@@ -146,11 +167,17 @@ def run_ae(args) -> int:
 
 
 def run_diffusion(args) -> int:
+    from src_training.train.corruption import Corruption
     from src_training.train.train_diffusion import train_diffusion
 
+    corruption = Corruption(kind=args.corruption, prob=args.corruption_prob,
+                            min_area=args.corruption_area[0], max_area=args.corruption_area[1],
+                            shape=args.corruption_shape, max_shift=args.corruption_shift,
+                            flip_rate=args.corruption_flip_rate)
     ds, meta = _dataset(args)
     # the autoencoder checkpoint's meta is carried forward; the data's fills in what it lacks
     return _run(train_diffusion, ds, args.ae, args.out, preset=args.config,
                 weight_decay=args.weight_decay, sample_L=args.sample_L, meta_defaults=meta,
                 init_unet=args.init, t_max=args.t_max, cache_codes=args.cache_codes,
+                corruption=corruption,
                 **_loop_kwargs(args))

@@ -33,6 +33,7 @@ from napari_berdiff.core.diffusion.schedule import BernoulliSchedule
 from napari_berdiff.core.models.unet import BernoulliUNet
 
 from .code_cache import CodeCache, cache_bytes, describe, should_cache
+from .corruption import Corruption, corrupt_codes, corrupt_images
 from .distributed import DistInfo, init_distributed, wrap_ddp
 from .ema import EMA
 from .loop import LoopOptions, TrainState, TrainTask, run_training
@@ -72,8 +73,10 @@ class DiffusionTask(TrainTask):
 
     def __init__(self, ck: Checkpoint, cfg: UNetConfig, schedule: BernoulliSchedule,
                  info: DistInfo, *, amp, lr: float, weight_decay: float, ema: float, meta: dict,
-                 samples: torch.Tensor, sample_L: int, t_max: int | None = None) -> None:
+                 samples: torch.Tensor, sample_L: int, t_max: int | None = None,
+                 corruption: Corruption | None = None) -> None:
         self.ck, self.cfg, self.schedule, self.info, self.amp = ck, cfg, schedule, info, amp
+        self.corruption = corruption or Corruption()
         self.codes_cached = False  # True: batches are the encoder's probabilities (CodeCache)
         self.t_max = int(t_max or schedule.T)
         self.meta, self.samples, self.sample_L = meta, samples, int(sample_L)
@@ -85,13 +88,27 @@ class DiffusionTask(TrainTask):
         self.state = TrainState({"unet": self.unet}, {"unet": opt}, {"unet": EMA(self.unet, ema)},
                                 {"unet": amp.scaler()})
 
-    def train_step(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        opt, scaler = self.state.optimizers["unet"], self.state.scalers["unet"]
-        with torch.no_grad():
+    @torch.no_grad()
+    def noisy_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(z0, z_t, t)`` for a batch: the clean stochastic code, the noised code the U-Net
+        sees and the (1-based) steps. The target is ``z_t XOR z0``; with a structured corruption
+        (:mod:`src_training.train.corruption`) ``z_t`` is noised from the corrupted code, so the
+        corrupted bits count as flips."""
+        cor = self.corruption
+        if cor.active and cor.kind == "image":  # images, never cached codes (see train_diffusion)
+            probs, mixed = self.encode(x).float(), self.encode(corrupt_images(x, cor)).float()
+            u = torch.rand_like(probs)  # the same draws: the codes differ where the encoder does
+            z0, src = (u < probs).float(), (u < mixed).float()
+        else:
             probs = x if self.codes_cached else self.encode(x)
             z0 = torch.bernoulli(probs.float())  # fresh stochastic code every step
-            t = torch.randint(1, self.t_max + 1, (x.shape[0],), device=x.device)
-            z_t = self.schedule.q_sample(z0, t)
+            src = corrupt_codes(z0, cor)
+        t = torch.randint(1, self.t_max + 1, (x.shape[0],), device=x.device)
+        return z0, self.schedule.q_sample(src, t), t
+
+    def train_step(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        opt, scaler = self.state.optimizers["unet"], self.state.scalers["unet"]
+        z0, z_t, t = self.noisy_pair(x)
         with self.amp.autocast():
             logits = self.unet_ddp(z_t, t)
         loss = flip_bce_loss(logits, z_t, z0)
@@ -120,6 +137,13 @@ class DiffusionTask(TrainTask):
         if saved != self.cfg.to_dict():
             raise ValueError(f"the checkpoint's U-Net config {saved} differs from this run's "
                              f"{self.cfg.to_dict()}; use another --out or the same config")
+        saved_cor = Corruption.from_dict(
+            ckpt.get("meta", {}).get("training", {}).get("corruption"))
+        if saved_cor != self.corruption:
+            raise ValueError(f"the checkpoint to resume was trained with corruption "
+                             f"[{saved_cor.describe()}], this run asks for "
+                             f"[{self.corruption.describe()}]; use the same --corruption options "
+                             f"or another --out (and --init to start from its weights)")
         if ckpt.get("schedule") != self.schedule.to_dict():
             raise ValueError(f"the checkpoint's schedule {ckpt.get('schedule')} differs from "
                              f"{self.schedule.to_dict()}")
@@ -178,6 +202,7 @@ def train_diffusion(
     init_unet: str | Path | None = None,
     t_max: int | None = None,
     cache_codes: str = "auto",
+    corruption: Corruption | None = None,
 ) -> Path:
     """Train the diffusion U-Net on the codes of the frozen autoencoder in ``ae_checkpoint``;
     returns the path of ``out_dir/model.pt`` (autoencoder + U-Net + schedule + meta).
@@ -194,7 +219,10 @@ def train_diffusion(
     respect. ``cache_codes`` ("auto", "on", "off"): encode the training images once and draw
     each step's code from the stored probabilities (:mod:`src_training.train.code_cache`; the same
     distribution as encoding every batch, about twice as fast on the CPU); "auto" caches when the
-    codes fit in a quarter of the available memory. The other options are those of
+    codes fit in a quarter of the available memory. ``corruption``: structured corruption of a
+    share of the clean codes (:mod:`src_training.train.corruption`; default i.i.d. noise only, the
+    paper; the ``image`` kind encodes every batch, so it never caches codes). The other options
+    are those of
     :func:`~src_training.train.train_autoencoder.train_autoencoder`.
     """
     info = init_distributed(device)
@@ -229,6 +257,11 @@ def train_diffusion(
         raise ValueError(f"t_max must be in 1..{schedule.T}, got {t_max}")
     out_meta["training"]["t_max"] = int(t_max or schedule.T)
     out_meta["max_L"] = int(t_max or schedule.T)
+    corruption = corruption or Corruption()
+    out_meta["training"]["corruption"] = corruption.to_dict()
+    out_meta["training"]["corruption_description"] = corruption.describe()
+    if corruption.active and corruption.kind == "image":
+        cache_codes = "off"
     init = _init_checkpoint(init_unet, cfg) if init_unet is not None else None
     if init is not None:
         out_meta["training"].update(init_unet=str(init.path), init_unet_sha256=init.sha256)
@@ -236,7 +269,8 @@ def train_diffusion(
     seed_everything(seed)  # identical initial weights on every rank
     task = DiffusionTask(ck, cfg, schedule, info, amp=amp_cfg, lr=lr, weight_decay=weight_decay,
                          ema=ema, meta=out_meta, samples=samples,
-                         sample_L=min(sample_L, int(t_max or schedule.T)), t_max=t_max)
+                         sample_L=min(sample_L, int(t_max or schedule.T)), t_max=t_max,
+                         corruption=corruption)
     if init is not None:  # a resumed run's last.pt replaces these weights again
         task.unet.load_state_dict(init.unet_state)
         task.state.emas["unet"].shadow.load_state_dict(init.unet_state)

@@ -1,0 +1,145 @@
+"""Structured corruption of the clean code for diffusion training (``--corruption``).
+
+The paper trains the U-Net on i.i.d. bit flips only, so it learns to spot isolated inconsistent
+bits; an anomaly is a coherent pattern of bits that is wrong only in its context. With a kind other
+than ``iid``, a share of the training codes gets a coherent wrong region *before* the usual forward
+noise, and the target stays the flips relative to the clean code, ``z_t XOR z_0``: the U-Net learns
+to flag such regions as flipped, which is what the mask ``eps_hat > P`` needs. Only healthy
+training data is used (no lesion model, no labels):
+
+- ``patch``: the region takes the bits of another training code of the batch, shifted;
+- ``blob``: the bits inside the region flip at random (coarse noise);
+- ``image``: the image gets a region of another training image with new contrast
+  (:func:`~src_training.train.content_mix.content_mix`) and is encoded; the clean and mixed codes are
+  drawn with the same uniforms, so they differ where the encoder sees the pasted content.
+
+Regions are smooth random blobs (a bicubically upsampled coarse Gaussian field thresholded to
+cover a random share of the latent cells) or axis-aligned boxes. All randomness comes from the
+global torch generator, which the training loop saves and restores, so runs are seeded and resume
+bit-exactly. ``iid`` (the default) is the paper exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from .content_mix import content_mix
+
+__all__ = ["Corruption", "KINDS", "SHAPES", "region_masks", "corrupt_codes", "corrupt_images"]
+
+KINDS = ("iid", "patch", "blob", "image")
+SHAPES = ("blob", "box")
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """Settings of the structured corruption (see the module text); ``kind="iid"``: none."""
+
+    kind: str = "iid"
+    prob: float = 0.5          # share of the training codes that get a corrupted region
+    min_area: float = 0.03     # share of the latent cells a region covers: uniform in [min, max]
+    max_area: float = 0.25
+    shape: str = "blob"        # blob | box
+    max_shift: int = 8         # patch: the donor code is rolled by up to this many cells
+    flip_rate: float = 0.5     # blob: each bit inside the region flips with this probability
+    coarse: int = 4            # blob regions: side of the coarse Gaussian field
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"corruption must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"corruption shape must be one of {', '.join(SHAPES)}, "
+                             f"got {self.shape!r}")
+        if not 0.0 <= self.prob <= 1.0:
+            raise ValueError(f"corruption probability must be in [0, 1], got {self.prob}")
+        if not 0.0 < self.min_area <= self.max_area <= 1.0:
+            raise ValueError("corruption area must satisfy 0 < min <= max <= 1, got "
+                             f"{self.min_area} {self.max_area}")
+        if self.max_shift < 0:
+            raise ValueError(f"corruption shift must be >= 0, got {self.max_shift}")
+        if not 0.0 < self.flip_rate <= 1.0:
+            raise ValueError(f"corruption flip rate must be in (0, 1], got {self.flip_rate}")
+        if self.coarse < 2:
+            raise ValueError(f"corruption coarse grid must be >= 2, got {self.coarse}")
+
+    @property
+    def active(self) -> bool:
+        return self.kind != "iid" and self.prob > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Corruption":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+
+    def describe(self) -> str:
+        if not self.active:
+            return "iid (the paper's i.i.d. bit flips only)"
+        what = {"patch": f"bits of another training code shifted by up to {self.max_shift} cells",
+                "blob": f"random flips at rate {self.flip_rate:g}",
+                "image": "an encoded image region of another training image"}[self.kind]
+        return (f"{self.kind}: with probability {self.prob:g}, a {self.shape} region covering "
+                f"{self.min_area:.0%}-{self.max_area:.0%} of the latent cells gets {what}")
+
+
+def region_masks(n: int, h: int, w: int, cfg: Corruption, device=None) -> torch.Tensor:
+    """``n`` boolean regions ``(n, 1, h, w)``, each covering a share of the cells drawn uniformly
+    in ``[cfg.min_area, cfg.max_area]`` (up to rounding to whole cells)."""
+    area = cfg.min_area + (cfg.max_area - cfg.min_area) * torch.rand(n)
+    k = (area * h * w).round().clamp(1, h * w).long()
+    if cfg.shape == "box":
+        out = torch.zeros(n, 1, h, w, dtype=torch.bool)
+        aspect = torch.exp((torch.rand(n) - 0.5) * 1.4)  # height / width in about [0.5, 2]
+        bh = (k.float() * aspect).sqrt().round().clamp(1, h).long()
+        bw = (k.float() / bh.float()).round().clamp(1, w).long()
+        top = (torch.rand(n) * (h - bh + 1).float()).long()
+        left = (torch.rand(n) * (w - bw + 1).float()).long()
+        for i in range(n):
+            out[i, 0, top[i]:top[i] + bh[i], left[i]:left[i] + bw[i]] = True
+        return out.to(device) if device is not None else out
+    field = torch.randn(n, 1, cfg.coarse, cfg.coarse)
+    field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False).flatten(1)
+    # the k largest cells of each smooth field: one or a few smooth blobs of the drawn area
+    order = field.argsort(dim=1, descending=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(h * w).expand(n, -1))
+    out = (ranks < k[:, None]).view(n, 1, h, w)
+    return out.to(device) if device is not None else out
+
+
+def _chosen(n: int, prob: float) -> torch.Tensor:
+    return torch.rand(n) < float(prob)
+
+
+def corrupt_codes(z0: torch.Tensor, cfg: Corruption) -> torch.Tensor:
+    """The code the forward noise starts from: ``z0`` (B, C, h, w) in {0, 1} with a corrupted
+    region in a share ``cfg.prob`` of the codes (``patch`` or ``blob``; ``iid`` and ``image``
+    return ``z0`` itself). Donors of ``patch`` are other codes of the batch (the code itself,
+    shifted, when the batch holds one)."""
+    if not cfg.active or cfg.kind == "image":
+        return z0
+    b, _, h, w = z0.shape
+    chosen = _chosen(b, cfg.prob)
+    region = region_masks(b, h, w, cfg) & chosen[:, None, None, None]
+    if cfg.kind == "patch":
+        donor_of = (torch.arange(b) + torch.randint(1, max(b, 2), (b,))) % b
+        s = cfg.max_shift
+        shifts = torch.randint(-s, s + 1, (b, 2))
+        donor = torch.stack([torch.roll(z0[int(donor_of[i])], (int(shifts[i, 0]), int(shifts[i, 1])),
+                                        dims=(-2, -1)) for i in range(b)])
+        return torch.where(region.to(z0.device), donor, z0)
+    flips = torch.rand(z0.shape) < cfg.flip_rate  # blob
+    return torch.where((region & flips).to(z0.device), 1.0 - z0, z0)
+
+
+def corrupt_images(x: torch.Tensor, cfg: Corruption) -> torch.Tensor:
+    """``image`` kind: the batch of training images with a pasted region of another image of the
+    batch in a share ``cfg.prob`` of them (other kinds: ``x`` itself)."""
+    if not cfg.active or cfg.kind != "image":
+        return x
+    return content_mix(x, cfg.prob)
