@@ -98,3 +98,18 @@ def test_write_dataset(tmp_path):
         so.write_oct_dataset(tmp_path, n_normal=1, seed=4)
     so.write_oct_dataset(tmp_path, n_normal=1, seed=5, overwrite=True)
     assert not [p for p in tmp_path.rglob(".tmp*")]  # no temporary files left
+
+
+def test_twin_is_the_same_scan_without_its_drusen():
+    """twin=True: every draw as with drusen, the RPE left on Bruch's membrane: empty mask, and
+    the columns away from the drusen are the same pixels."""
+    img, mask, meta = so.make_bscan(7, True)
+    twin, tmask, tmeta = so.make_bscan(7, True, twin=True)
+    assert mask.sum() > 0 and tmask.sum() == 0 and meta["n_drusen"] >= 1
+    cols = np.ones(img.shape[1], bool)
+    for d in meta["drusen"]:
+        cols[max(0, int(d["x"] - d["half_width"]) - 2):int(d["x"] + d["half_width"]) + 3] = False
+    assert cols.sum() > 100
+    np.testing.assert_allclose(img[:, cols], twin[:, cols], atol=1e-4)  # float rounding
+    assert np.abs(img[:, ~cols] - twin[:, ~cols]).max() > 0.1
+    np.testing.assert_array_equal(tmeta["bm"], meta["bm"])

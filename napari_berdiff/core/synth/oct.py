@@ -70,8 +70,12 @@ def _druse_profile(rng: np.random.Generator, n: int, xs: np.ndarray, fovea_x: fl
     return heights, drusen
 
 
-def make_bscan(seed: int, drusen: bool | int = False, patient: int | None = None):
+def make_bscan(seed: int, drusen: bool | int = False, patient: int | None = None,
+               twin: bool = False):
     """One B-scan: ``(image float32 (496, 512) in [0, 1], mask uint8 (496, 512), meta)``.
+
+    ``twin``: the same B-scan with its drusen flattened (every random draw as with drusen, the
+    RPE left on Bruch's membrane): the pseudo-healthy counterpart of a drusen scan.
 
     ``drusen``: False / 0 for a normal scan, True for 1-6 drusen, an int for that many. The mask is 1
     on the drusen material (between the elevated RPE and Bruch's membrane) and empty when healthy.
@@ -100,6 +104,8 @@ def make_bscan(seed: int, drusen: bool | int = False, patient: int | None = None
     if n_drusen < 0:
         n_drusen = int(rng.integers(1, 7))
     lift, drusen_list = _druse_profile(rng, n_drusen, xs, fovea_x)
+    if twin:
+        lift = np.zeros_like(lift)
 
     # --- layer boundaries, bottom-up ------------------------------------------------------------
     tops = {}
