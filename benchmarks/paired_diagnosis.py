@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_berdiff.core import preprocess
-from napari_berdiff.core.checkpoint import load_checkpoint
-from napari_berdiff.core.data.synth_brain import make_case
-from napari_berdiff.core.data.synth_oct import make_bscan
-from napari_berdiff.core.detector import Detector, normalize_stack
-from napari_berdiff.core.metrics import auroc
-from napari_berdiff.core.sampler import masked_sampler, run_sampler
+from napari_berdiff.core.inference import preprocess
+from napari_berdiff.core.models.checkpoint import load_checkpoint
+from napari_berdiff.core.synth.brain import make_case
+from napari_berdiff.core.synth.oct import make_bscan
+from napari_berdiff.core.inference.detector import Detector, normalize_stack
+from napari_berdiff.core.evaluation.metrics import auroc
+from napari_berdiff.core.diffusion.sampler import masked_sampler, run_sampler
 
 CHANNELS = ("flair", "t1", "t1ce", "t2")
 
@@ -91,15 +91,24 @@ def _cells(labels: np.ndarray, geom, h: int) -> np.ndarray:
     return (torch.nn.functional.adaptive_max_pool2d(lab, h)[:, 0] > 0.05).numpy()
 
 
+def make_pairs(kind: str, n: int, per_subject: int, seed: int, cache: str | None = None):
+    """The pairs of :func:`oct_pairs` / :func:`brats_pairs`, read from or written to the
+    ``.npz`` file ``cache`` when given (generating BraTS-like subjects takes seconds each)."""
+    if cache and Path(cache).is_file():
+        d = np.load(cache)
+        return d["x"], d["h"], d["lab"]
+    x, h, lab = oct_pairs(n, seed) if kind == "oct" else brats_pairs(n, per_subject, seed, kind)
+    if cache:
+        np.savez_compressed(cache, x=x, h=h, lab=lab)
+    return x, h, lab
+
+
 def measure(model: str, kind: str, n: int, per_subject: int, ts: list[int], L: int,
-            Ps: list[float], steps: int, seed: int) -> dict:
+            Ps: list[float], steps: int, seed: int, cache: str | None = None) -> dict:
     ck = load_checkpoint(model)
     det = Detector.from_checkpoint(ck, device="cpu")
     t0 = time.perf_counter()
-    if kind == "oct":
-        x, h, lab = oct_pairs(n, seed)
-    else:
-        x, h, lab = brats_pairs(n, per_subject, seed, kind=kind)
+    x, h, lab = make_pairs(kind, n, per_subject, seed, cache)
     gen_s = time.perf_counter() - t0
     spacing = (1.0, 1.0) if kind != "oct" else None
     geom = preprocess.plan(x.shape[-2:], det.image_size, det.preprocess_mode, det.canvas_for(spacing))
@@ -194,10 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=24680, help="held-out seeds (default 24680)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pairs-cache", default=None, metavar="NPZ",
+                    help="keep the generated pairs in this file and reuse them (same settings!)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    r = measure(a.model, a.kind, a.pairs, a.per_subject, a.t, a.L, a.P, a.steps, a.seed)
+    r = measure(a.model, a.kind, a.pairs, a.per_subject, a.t, a.L, a.P, a.steps, a.seed, a.pairs_cache)
     print_report(r)
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=1))
