@@ -1,8 +1,8 @@
 """Does the autoencoder reproduce anomalies? PSNR of healthy vs diseased slices, AE only.
 
-SPEC 8: the method needs an autoencoder that reconstructs diseased slices about as well as healthy
+docs/method.md §8: the method needs an autoencoder that reconstructs diseased slices about as well as healthy
 ones, otherwise its blur, not the diffusion model, does the detecting. This prints the AE-only
-PSNR (SPEC 8.4, whole slice) of the healthy and the diseased slices of a prepared split, their
+PSNR (docs/method.md §8, whole slice) of the healthy and the diseased slices of a prepared split, their
 gap, the diseased slices' PSNR with the anomaly's pixels left out (the gap also holds what is not
 the anomaly: diseased slices show more tissue than the healthy ones at the top and bottom of a
 volume, so "the anomaly itself costs X dB" is the part the anomaly is to blame for), and the mean

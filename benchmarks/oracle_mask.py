@@ -4,7 +4,7 @@ Masked sampling can fail in two ways: the U-Net does not flag the anomaly's bits
 rarely fires there), or, where they are masked, its prediction ``x0_hat`` does not replace the
 anomaly with healthy content (the noise at level L leaves too much of the anomaly in ``z_L``, or
 the U-Net cannot inpaint). This separates the two on the diseased slices of a prepared split: it
-runs SPEC 5's steps with the mask fixed to the latent cells that touch the labelled anomaly
+runs docs/method.md §5's steps with the mask fixed to the latent cells that touch the labelled anomaly
 (grown by ``--dilate`` cells, 4-connected; all channels) instead of the ``eps_hat > P`` mask,
 and prints the paper-protocol Dice and AUPRC next to the autoencoder alone, masked sampling at P and unmasked
 sampling, all from the same codes. Oracle well above masked: the mask is what fails. Oracle

@@ -1,6 +1,6 @@
 """Does the U-Net see the anomaly? Its flip probabilities on the anomaly's bits vs the healthy bits.
 
-The masked sampler (SPEC 5) masks a bit when ``eps_hat > P``. It can only find an anomaly if the
+The masked sampler (docs/method.md §5) masks a bit when ``eps_hat > P``. It can only find an anomaly if the
 U-Net, looking at a noised code ``z_t``, says "flipped" more often for the bits of the anomaly
 (which a model of healthy codes should find improbable) than for healthy bits that were left
 alone by the noise. This encodes the diseased slices of a prepared split (deterministically,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the README's results: held-out generated test sets (fixed seeds, never seen in
+# Regenerate the results of docs/results.md: held-out generated test sets (fixed seeds, never seen in
 # training), `berdiff evaluate` tables, `berdiff grid` figures (paper Fig. 3) and the few-step
 # sweep, for the bundled BraTS-like and OCT models. CPU; about 15 minutes on 2 cores.
 #   bash scripts/eval_bundled.sh            # everything
@@ -10,7 +10,7 @@ BERDIFF=.venv/bin/berdiff
 PY=.venv/bin/python
 OUT=${OUT:-docs/results}
 ONLY=${ONLY:-all}
-# BraTS: 150 test and 80 validation slices, evenly spaced over the splits (the README's table);
+# BraTS: 150 test and 80 validation slices, evenly spaced over the splits (docs/results.md's table);
 # OCT: all. MAX_SLICES / MAX_VAL_SLICES=N change the BraTS subset.
 LIMITS=(--max-slices "${MAX_SLICES:-150}" --max-val-slices "${MAX_VAL_SLICES:-80}")
 

@@ -68,12 +68,12 @@ def register(sub) -> None:
     p.add_argument("--entropy-weight", type=float, default=0.0,
                    help="factor on the mean binary entropy of the code: pushes the bit "
                         "probabilities to 0/1 so that the diffusion model can learn the code "
-                        "(0: SPEC 7 exactly; the bundled models use 0.02)")
+                        "(0: docs/method.md §7 exactly; the bundled models use 0.02)")
     p.add_argument("--content-mix", type=float, default=0.0, metavar="PROB",
                    help="probability that a training image gets a pasted region of another "
                         "healthy image with new contrast, which the autoencoder must reproduce: "
                         "teaches it to reconstruct unseen content such as anomalies "
-                        "(0: SPEC 7 exactly)")
+                        "(0: docs/method.md §7 exactly)")
     p.set_defaults(func=run_ae)
 
     q = sub.add_parser("train-diffusion",

@@ -1,6 +1,6 @@
 """Turn raw datasets into prepared directories for training and evaluation.
 
-* :func:`prepare_brats` - BraTS2020/2021/2023 case folders -> 4-channel axial slices (SPEC section 9)
+* :func:`prepare_brats` - BraTS2020/2021/2023 case folders -> 4-channel axial slices (docs/method.md §9)
 * :func:`prepare_oct` - OCT2017 (Kermany) class folders -> 1-channel images (see ``prepare_oct``)
 * :func:`prepare_folder` - any folder of NIfTI volumes or 2D images, all healthy training data
 

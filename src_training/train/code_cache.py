@@ -1,7 +1,7 @@
 """Encode the training images once: the diffusion stage then trains at the U-Net's own speed.
 
 The autoencoder is frozen during diffusion training, so its Bernoulli probabilities ``E(x)`` of a
-training image never change. SPEC 4 asks for a fresh stochastic code ``z_0 ~ Bernoulli(E(x))`` at
+training image never change. docs/method.md §4 asks for a fresh stochastic code ``z_0 ~ Bernoulli(E(x))`` at
 every step; drawing it from cached probabilities is the same distribution, without running the
 encoder on every batch (on the CPU the encoder cost as much as the small U-Net's forward and
 backward pass). With left-right flips the cache holds the codes of both orientations (the encoder

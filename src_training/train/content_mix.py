@@ -10,7 +10,7 @@ it pastes one irregular, soft-edged region cut from another healthy slice of the
 random), with a random gain and offset per channel, so both the place and the contrast of what is
 pasted are new. The autoencoder's target is the mixed image itself (identity), so it learns to
 reproduce local content whatever the anatomy around it. Only healthy training images are used; no
-lesion model and no label enter. It is an addition to SPEC 7 (off by default), in the spirit of
+lesion model and no label enter. It is an addition to docs/method.md §7 (off by default), in the spirit of
 foreign-patch and cut-paste augmentations used in anomaly detection, here used the other way round:
 to make the reconstruction faithful, not to train a detector.
 """

@@ -1,4 +1,4 @@
-"""PatchGAN discriminator for the autoencoder's adversarial loss (SPEC section 6)."""
+"""PatchGAN discriminator for the autoencoder's adversarial loss (docs/method.md §6)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ __all__ = ["PatchDiscriminator"]
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN: conv4x4 s2 c->w, LReLU 0.2; conv4x4 s2 w->2w, BN, LReLU; conv4x4 s2 2w->4w, BN,
-    LReLU; conv4x4 s1 4w->8w, BN, LReLU; conv4x4 s1 8w->1. ``width`` w = 64 is SPEC's.
+    LReLU; conv4x4 s1 4w->8w, BN, LReLU; conv4x4 s1 8w->1. ``width`` w = 64 is the paper's.
 
     Output: one logit per patch, ``(B, 1, S/8 - 2, S/8 - 2)`` for an ``S x S`` input.
     Weights are initialised DCGAN-style (conv N(0, 0.02), BN weight N(1, 0.02), bias 0).

@@ -1,4 +1,4 @@
-"""Training losses of both stages (SPEC sections 4 and 7).
+"""Training losses of both stages (docs/method.md §4 and §7).
 
 Autoencoder: a reconstruction loss (L1 or MSE), PatchGAN hinge losses, the adaptive weight of the
 adversarial term (``||grad L_rec|| / (||grad L_G|| + 1e-4)`` at the decoder's last layer, clamped

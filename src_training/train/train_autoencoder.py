@@ -1,4 +1,4 @@
-"""Stage 1: train the binarizing autoencoder on healthy images (SPEC section 7).
+"""Stage 1: train the binarizing autoencoder on healthy images (docs/method.md §7).
 
 Loss: reconstruction (L1, as the released code in practice, or MSE) + optional LPIPS (only with
 local weights) + a PatchGAN hinge adversarial term from step ``gan_start`` on (30001 in the released
@@ -200,10 +200,10 @@ def train_autoencoder(
     the 1-based step of the first adversarial update; ``disc_weight=0`` trains without a
     discriminator. ``lpips``: ``off`` | ``auto`` (use it when its weights are on disk) | ``on``
     (error without them). ``entropy_weight``: factor on the mean binary entropy of the code
-    (:func:`~src_training.train.losses.code_entropy`; 0 = SPEC 7 exactly): it pushes the bit
+    (:func:`~src_training.train.losses.code_entropy`; 0 = docs/method.md §7 exactly): it pushes the bit
     probabilities to 0 or 1 so that the diffusion model gets a learnable code. ``content_mix``:
     probability that a training image carries a pasted region of another healthy image with new
-    contrast (:func:`~src_training.train.content_mix.content_mix`; 0 = SPEC 7 exactly): it teaches the
+    contrast (:func:`~src_training.train.content_mix.content_mix`; 0 = docs/method.md §7 exactly): it teaches the
     autoencoder to reproduce content it has not seen, such as anomalies. ``resume``: None =
     continue from ``out_dir/last.pt`` if present, a path, or False = start afresh. ``threads``
     sets torch's CPU threads (default: torch's choice; under torchrun on the CPU the cores are

@@ -1,6 +1,6 @@
 """Stage 2: train the Bernoulli diffusion U-Net in the frozen autoencoder's binary latent space.
 
-Each step (SPEC section 4): fresh stochastic codes ``z_0 ~ Bernoulli(E(x))`` from the frozen
+Each step (docs/method.md §4): fresh stochastic codes ``z_0 ~ Bernoulli(E(x))`` from the frozen
 autoencoder (the EMA weights of its final checkpoint), ``t`` uniform in 1..T (1-based, as the U-Net
 takes it), ``z_t = schedule.q_sample(z_0, t)`` (the paper's symmetric process) and binary
 cross-entropy between ``sigmoid(UNet(z_t, t))`` and the flip indicator ``z_t XOR z_0`` (from the

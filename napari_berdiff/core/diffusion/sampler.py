@@ -1,4 +1,4 @@
-"""The masked anomaly sampler (SPEC section 5, the paper's Algorithm 1) as a generator over steps.
+"""The masked anomaly sampler (docs/method.md §5, the paper's Algorithm 1) as a generator over steps.
 
 One sampler drives everything (widget, CLI, evaluation, tests). It runs a batch of binary codes
 ``z`` (one per image) against a set of thresholds ``P_1..P_K`` in one batch: one trajectory per
@@ -50,7 +50,7 @@ class SamplerOutput:
 
     z0: torch.Tensor
     mask: torch.Tensor
-    masked_fraction: torch.Tensor  # (B*K,) float: the image-level anomaly score (SPEC 5.6)
+    masked_fraction: torch.Tensor  # (B*K,) float: the image-level anomaly score (docs/method.md §5)
     thresholds: torch.Tensor  # (B*K,) the P of each trajectory
 
 
@@ -80,7 +80,7 @@ def _rand_per_item(shape: tuple[int, ...], gens: list[torch.Generator], device, 
 
 def binary_posterior(schedule: BernoulliSchedule, z_t: torch.Tensor, x0: torch.Tensor, t: int,
                      s: int) -> torch.Tensor:
-    """``P(z_s = 1 | z_t, x0)`` (SPEC 3) for a *binary* ``z_t``: the fast form the sampler uses.
+    """``P(z_s = 1 | z_t, x0)`` (docs/method.md §3) for a *binary* ``z_t``: the fast form the sampler uses.
 
     With ``a = abar_t/abar_s`` and ``b = abar_s``: ``th1 = (a z_t + (1-a)/2) (b x0 + (1-b)/2)``
     and ``th0 = (a (1-z_t) + (1-a)/2) (b (1-x0) + (1-b)/2)``, where ``1 - z_t`` is exact for bits,

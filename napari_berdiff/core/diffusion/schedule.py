@@ -1,4 +1,4 @@
-"""Bernoulli noise schedule, forward noising and the (strided) posterior (SPEC sections 1-3).
+"""Bernoulli noise schedule, forward noising and the (strided) posterior (docs/method.md §1-§3).
 
 Steps are 1-based as in the paper: t = 1..T with ``abar_0 = 1``. The schedule is computed in
 float64 and cast to the working dtype at use.
@@ -107,7 +107,7 @@ class BernoulliSchedule:
 
     # -- posterior -------------------------------------------------------------------------
     def posterior(self, z_t: torch.Tensor, x0: torch.Tensor, t, s=None) -> torch.Tensor:
-        """``P(z_s = 1 | z_t, x0)`` for a jump t -> s < t (SPEC section 3).
+        """``P(z_s = 1 | z_t, x0)`` for a jump t -> s < t (docs/method.md §3).
 
         ``x0`` may be continuous in [0, 1]. ``s`` defaults to ``t - 1`` (the ordinary step).
         Computed in float64 internally for accuracy, returned in ``z_t``'s floating dtype.

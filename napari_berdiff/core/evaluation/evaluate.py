@@ -1,4 +1,4 @@
-"""Evaluate a detector on a prepared test split, with baselines (SPEC section 8).
+"""Evaluate a detector on a prepared test split, with baselines (docs/method.md §8).
 
 Methods (rows of the report):
 

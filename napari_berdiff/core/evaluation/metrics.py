@@ -1,4 +1,4 @@
-"""Segmentation, ranking and reconstruction metrics for the evaluation (SPEC section 8).
+"""Segmentation, ranking and reconstruction metrics for the evaluation (docs/method.md §8).
 
 Conventions (also in the evaluation report):
 
@@ -7,7 +7,7 @@ Conventions (also in the evaluation report):
   scores diseased slices, so the convention matters only for pooled or per-healthy-slice use.
 * :func:`auprc` / :func:`auroc` return NaN when the labels hold a single class (undefined);
   :func:`summarize` skips NaNs and reports how many values it used.
-* :func:`psnr` is ``20 log10(max(x) / sqrt(mse))`` over the whole slice, all channels (SPEC 8.4):
+* :func:`psnr` is ``20 log10(max(x) / sqrt(mse))`` over the whole slice, all channels (docs/method.md §8):
   ``inf`` for a perfect reconstruction, NaN for an all-zero ``x``.
 * Standard deviations are population ones (``ddof=0``), as ``numpy.std``.
 """

@@ -1,4 +1,4 @@
-"""From reconstructions to anomaly maps and segmentations: the paper protocol (SPEC section 8).
+"""From reconstructions to anomaly maps and segmentations: the paper protocol (docs/method.md §8).
 
 Each function accepts a single 2D map ``(H, W)`` or a stack ``(N, H, W)`` and then works slice by
 slice (percentiles, filtering and connected components never cross slices). Images and

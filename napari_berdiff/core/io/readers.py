@@ -4,7 +4,7 @@ Pure numpy / nibabel / scikit-image: no napari, Qt or torch. Every failure a use
 (a missing, truncated or corrupt file, NaNs, a wrong shape) raises :class:`DataError`, whose
 message names the offending file.
 
-Conventions (SPEC section 9):
+Conventions (docs/method.md §9):
 
 * BraTS channel order is :data:`BRATS_MODALITIES` = ``("flair", "t1", "t1ce", "t2")`` everywhere;
   BraTS2023 files map onto it as t2f = FLAIR, t1n = T1, t1c = T1ce, t2w = T2 (:data:`BRATS_NAMING`).

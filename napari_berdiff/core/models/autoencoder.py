@@ -1,4 +1,4 @@
-"""Binarizing autoencoder (SPEC section 6, after Binary Latent Diffusion).
+"""Binarizing autoencoder (docs/method.md §6, after Binary Latent Diffusion).
 
 Image ``(B, c, S, S)`` -> encoder features ``(B, z_channels, S/f, S/f)`` -> 1x1 conv + sigmoid ->
 per-bit probabilities ``(B, C, S/f, S/f)`` -> Bernoulli bits -> bias-free 1x1 conv back to

@@ -3,7 +3,7 @@
 A config is a frozen dataclass that fully describes a network, so that a checkpoint can store it as a
 JSON-safe dict (:meth:`to_dict`) and rebuild the model from it (:meth:`from_dict`). Presets:
 
-- ``"paper"``: SPEC section 6 exactly (256x256xc image -> 128 bits x 32x32).
+- ``"paper"``: docs/method.md §6 exactly (256x256xc image -> 128 bits x 32x32).
 - ``"small"``: CPU-trainable models (128x128 -> 64 bits x 16x16); the v1 bundled models.
 - ``"small128"``: as ``"small"`` with 128 bits x 16x16, the paper's bits per image value (0.5 for
   4 channels, 2 for 1); a less compressive code, so the autoencoder also reproduces anomalies.
@@ -74,7 +74,7 @@ def _check_groups(what: str, channels: int, groups: int) -> None:
 
 @dataclass(frozen=True)
 class AutoencoderConfig(_ConfigBase):
-    """Binarizing autoencoder (SPEC 6): image (c, S, S) -> bits (latent_channels, S/f, S/f).
+    """Binarizing autoencoder (docs/method.md §6): image (c, S, S) -> bits (latent_channels, S/f, S/f).
 
     ``attn_resolutions`` lists image-space resolutions at which the encoder/decoder levels get an
     attention block after each ResBlock (none in the paper; the mid blocks always have one when
@@ -129,7 +129,7 @@ class AutoencoderConfig(_ConfigBase):
 
 @dataclass(frozen=True)
 class UNetConfig(_ConfigBase):
-    """Diffusion U-Net on binary latents (SPEC 6, guided-diffusion style).
+    """Diffusion U-Net on binary latents (docs/method.md §6, guided-diffusion style).
 
     ``attention_resolutions`` are latent-space resolutions (in latent pixels) where the encoder and
     decoder ResBlocks get an attention block; the middle block has one when ``mid_attention``.
@@ -210,7 +210,7 @@ _SMALL_UNET = UNetConfig(
 
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
-        description="SPEC 6 / paper: 256x256 image -> 128 bits x 32x32; AE ~4.1M, U-Net 36.0M params",
+        description="docs/method.md §6 / paper: 256x256 image -> 128 bits x 32x32; AE ~4.1M, U-Net 36.0M params",
         autoencoder=AutoencoderConfig(),
         unet=UNetConfig(),
     ),

@@ -28,7 +28,7 @@ def group_norm(channels: int, groups: int, eps: float) -> nn.GroupNorm:
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2 then conv3x3 (the up-sampling of both networks, SPEC 6)."""
+    """Nearest-neighbour x2 then conv3x3 (the up-sampling of both networks, docs/method.md §6)."""
 
     def __init__(self, ch: int) -> None:
         super().__init__()
