@@ -28,10 +28,9 @@ from __future__ import annotations
 import os
 import sys
 
+from ..core.inference.settings import DEFAULTS
 from . import model_args
 
-
-DEFAULT_STEPS = 20  # benchmarks/bench_steps.py: S = 20 matched S = 200 within 0.001 Dice
 
 
 def register(sub) -> None:
@@ -42,23 +41,14 @@ def register(sub) -> None:
     p.add_argument("--out", required=True,
                    help="output folder (inputs found in folders keep their relative paths there)")
     model_args.add_model_args(p)
-    p.add_argument("--L", type=int, default=200, help="noise level L (default 200)")
-    p.add_argument("--P", type=float, default=0.5, help="mask threshold P (default 0.5)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampler steps S <= L (default min(20, L): 10x fewer network evaluations "
-                        "than S = L = 200 at the same Dice in our measurements; --steps L for every step)")
-    p.add_argument("--seed", type=int, default=0)
+    model_args.add_sampling_args(
+        p, f"sampler steps S <= L (default min({DEFAULTS.steps}, L): 10x fewer network evaluations "
+           "than S = L = 200 at the same Dice in our measurements; --steps L for every step)")
     model_args.add_batch_size_arg(p)
     p.add_argument("--slices", default=None, metavar="A:B",
                    help="only these axial slices, counted from the feet up in RAS order "
                         "(the last axis of a BraTS-style file; Python slice, e.g. 80:129)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="threshold on the per-slice normalised map (paper: 0.5)")
-    p.add_argument("--abs-threshold", type=float, default=None,
-                   help="threshold the median-filtered map directly instead (e.g. the "
-                        "val_threshold reported by `berdiff evaluate`)")
-    p.add_argument("--min-size", type=int, default=10,
-                   help="remove segmented components smaller than this (pixels, 8-connected)")
+    model_args.add_postprocess_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -158,11 +148,9 @@ def _run(args, done: list[int]) -> int:
     except OSError as err:
         raise CLIError(f"cannot create the output folder --out {args.out}: "
                        f"{err.strerror or err}") from None
-    steps = args.steps if args.steps is not None else min(DEFAULT_STEPS, args.L)
+    steps = args.steps if args.steps is not None else DEFAULTS.steps  # run with min(steps, L)
     settings = DetectSettings(L=args.L, P=args.P, steps=steps, seed=args.seed,
-                              batch_size=args.batch_size, slices=args.slices,
-                              threshold=args.threshold, abs_threshold=args.abs_threshold,
-                              min_size=args.min_size)
+                              post=model_args.postprocess_from_args(args))
     tag = f"[rank {rank}/{world}] " if world > 1 else ""
     failed: list[tuple[str, str]] = []
     for it in mine:
@@ -172,8 +160,8 @@ def _run(args, done: list[int]) -> int:
             continue
         bar = model_args.progress_bar(f"{tag}{it.name}", disable=args.no_progress)
         try:
-            summary = run_item(detector, it, args.out, settings,
-                               progress=lambda t, b=bar: b.update_to(t.done, t.total),
+            summary = run_item(detector, it, args.out, settings, batch_size=args.batch_size,
+                               slices=args.slices, progress=lambda t, b=bar: b.update_to(t.done, t.total),
                                extra={"rank": rank, "world_size": world})
         except KeyboardInterrupt:
             raise

@@ -19,11 +19,8 @@ def register(sub) -> None:
                                         "test split (Dice, AUPRC, AUROC, PSNR, ...)")
     p.add_argument("prepared", metavar="PREPARED_DIR", help="a prepared dataset directory")
     model_args.add_model_args(p)
-    p.add_argument("--L", type=int, default=200, help="noise level L (default 200)")
-    p.add_argument("--P", type=float, default=0.5, help="mask threshold P (default 0.5)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampler steps S <= L (default L; 20 matched 200 within 0.012 Dice)")
-    p.add_argument("--seed", type=int, default=0)
+    model_args.add_sampling_args(
+        p, "sampler steps S <= L (default L; 20 matched 200 within 0.012 Dice)")
     model_args.add_batch_size_arg(p, default=8)
     p.add_argument("--max-slices", type=int, default=None,
                    help="evaluate at most N test slices (evenly spaced over the split)")
@@ -33,8 +30,7 @@ def register(sub) -> None:
                    help="skip the validation split (no strict Dice, no threshold-baseline Dice)")
     p.add_argument("--baselines", nargs="*", default=["unmasked", "ae_only", "threshold"],
                    choices=["unmasked", "ae_only", "threshold"])
-    p.add_argument("--min-size", type=int, default=10,
-                   help="remove components smaller than this (paper 10; released code 16)")
+    model_args.add_postprocess_args(p, ["min_size"])
     p.add_argument("--brain-mask", action="store_true",
                    help="score only pixels inside the brain (input > 0); default: whole slice")
     p.add_argument("--timing-slices", type=int, default=2,

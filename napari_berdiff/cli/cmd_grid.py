@@ -16,6 +16,7 @@ import io
 import json
 import sys
 
+from ..core.inference.settings import DEFAULTS, GRID_L, GRID_P
 from . import model_args
 
 FILES = ("grid.csv", "grid_dice.png", "masked_fraction_box.png", "grid_slices.csv", "grid.json")
@@ -26,15 +27,15 @@ def register(sub) -> None:
                                     "(paper Fig. 3)")
     p.add_argument("prepared", metavar="PREPARED_DIR")
     model_args.add_model_args(p)
-    p.add_argument("--L", type=int, nargs="+", default=[50, 100, 200, 300])
-    p.add_argument("--P", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    p.add_argument("--L", type=int, nargs="+", default=list(GRID_L))
+    p.add_argument("--P", type=float, nargs="+", default=list(GRID_P))
     p.add_argument("--steps", type=int, default=None, help="sampler steps (min(S, L); default L)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     model_args.add_batch_size_arg(p, default=10)
     p.add_argument("--max-slices", type=int, default=None, help="at most N test slices")
-    p.add_argument("--min-size", type=int, default=10)
+    model_args.add_postprocess_args(p, ["min_size"])
     p.add_argument("--box-L", type=int, default=None,
-                   help="the L of the box plots (default: the grid's L closest to 200)")
+                   help=f"the L of the box plots (default: the grid's L closest to {DEFAULTS.L})")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -106,7 +107,7 @@ def run(args) -> int:
     Ls, Ps = sorted(set(args.L)), sorted(set(args.P))
     if min(Ls) < 1:
         raise CLIError("--L values must be >= 1")
-    box_L = args.box_L if args.box_L is not None else min(Ls, key=lambda v: abs(v - 200))
+    box_L = args.box_L if args.box_L is not None else min(Ls, key=lambda v: abs(v - DEFAULTS.L))
     if box_L not in Ls:
         raise CLIError(f"--box-L {box_L} is not among --L {Ls}")
     test, _ = load_splits(args.prepared, args.max_slices, None, use_val=False)

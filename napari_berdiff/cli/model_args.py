@@ -14,6 +14,35 @@ def add_model_args(p, required_model: bool = False) -> None:
     add_speed_args(p)
 
 
+def add_sampling_args(p, steps_help: str) -> None:
+    """``--L``, ``--P``, ``--steps`` (default None: see ``steps_help``) and ``--seed``, with the
+    defaults of :data:`napari_berdiff.core.inference.settings.DEFAULTS`."""
+    from ..core.inference.settings import DEFAULTS
+
+    p.add_argument("--L", type=int, default=DEFAULTS.L, help=f"noise level L (default {DEFAULTS.L})")
+    p.add_argument("--P", type=float, default=DEFAULTS.P,
+                   help=f"mask threshold P (default {DEFAULTS.P})")
+    p.add_argument("--steps", type=int, default=None, help=steps_help)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+
+
+def add_postprocess_args(p, names=None) -> None:
+    """The post-processing flags (all, or ``names``) of
+    :class:`napari_berdiff.core.inference.settings.PostProcess`."""
+    from ..core.inference.settings import PostProcess
+    from .dataclass_args import add_fields
+
+    add_fields(p, PostProcess, names)
+
+
+def postprocess_from_args(args):
+    """The :class:`PostProcess` of the parsed flags (defaults for those a command lacks)."""
+    from ..core.inference.settings import PostProcess
+    from .dataclass_args import from_args
+
+    return from_args(PostProcess, args)
+
+
 def add_speed_args(p) -> None:
     """``--amp``, ``--channels-last``, ``--compile`` and ``--threads`` (see core.inference.accel)."""
     from ..core.inference.accel import AMP_MODES

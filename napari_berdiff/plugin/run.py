@@ -20,19 +20,28 @@ OpenMP setting is per thread), so the GUI thread keeps a core.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generator
 
 import numpy as np
 
+from ..core.inference.settings import DEFAULTS, POST, DetectSettings
 from .layers import SliceMap, latent_map
 
-POSTPROCESS = {"median_size": 5, "low": 1.0, "high": 99.0, "threshold": 0.5, "min_size": 10,
-               "connectivity": 2,
-               "rule": "as napari_berdiff.core.inference.postprocess segment(normalize_map(paper_anomaly_map(x, "
-                       "x_rec))): per-channel squared error, 5x5 median filter, sum over channels; "
-                       "per slice clip to the [1, 99] percentiles and min-max to [0, 1]; > 0.5; "
-                       "components < 10 px removed (8-connected)"}
+
+def _record(pp) -> dict:
+    """The post-processing as the segmentation layer's metadata records it."""
+    conn = {1: "4", 2: "8"}.get(pp.connectivity, str(pp.connectivity))
+    return {**{k: v for k, v in pp.to_dict().items() if v is not None},
+            "rule": f"as napari_berdiff.core.inference.postprocess segment(normalize_map("
+                    f"paper_anomaly_map(x, x_rec))): per-channel squared error, "
+                    f"{pp.median_size}x{pp.median_size} median filter, sum over channels; "
+                    f"per slice clip to the [{pp.low:g}, {pp.high:g}] percentiles and min-max to "
+                    f"[0, 1]; > {pp.threshold:g}; components < {pp.min_size} px removed "
+                    f"({conn}-connected)"}
+
+
+POSTPROCESS = _record(POST)
 
 
 @dataclass
@@ -44,11 +53,7 @@ class Job:
     slice_map: SliceMap
     checkpoint: Any  # a core.models.checkpoint.Checkpoint (or a path)
     device: str = "auto"
-    L: int = 200
-    thresholds: list[float] = field(default_factory=lambda: [0.5])
-    steps: int = 20
-    seed: int = 0
-    P_first: float | None = None  # the P whose segmentation is computed before display
+    settings: DetectSettings = DEFAULTS  # L, P (segmented before display), S, seed, P sweep
     detector: Any = None  # a cached Detector for (checkpoint, device), reused when given
     normalized: np.ndarray | None = None  # cached normalised volume for the same input
     batch_size: int | None = None
@@ -110,15 +115,12 @@ class SegDone:
     tick: Tick
 
 
-def segment_slice(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
-    """(C, H, W) input and reconstruction -> (H, W) bool segmentation (:data:`POSTPROCESS`):
-    exactly ``segment(normalize_map(paper_anomaly_map(x, rec)))`` of the core."""
-    from ..core.inference.postprocess import normalize_map, paper_anomaly_map, segment
+def segment_slice(x: np.ndarray, rec: np.ndarray, post=POST) -> np.ndarray:
+    """(C, H, W) input and reconstruction -> (H, W) bool segmentation: exactly the core's
+    ``segment_map(paper_anomaly_map(x, rec))`` (:data:`POSTPROCESS`)."""
+    from ..core.inference.postprocess import paper_anomaly_map, segment_map
 
-    pp = POSTPROCESS
-    a = paper_anomaly_map(x, rec, pp["median_size"])
-    return segment(normalize_map(a, pp["low"], pp["high"]), pp["threshold"], pp["min_size"],
-                   pp["connectivity"])
+    return segment_map(paper_anomaly_map(x, rec, post.median_size), post)
 
 
 def segment_stack(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
@@ -181,9 +183,11 @@ def _run(job: Job, torch) -> Generator:
     sm = job.slice_map
     x_layer = np.ascontiguousarray(np.moveaxis(vol[:, job.slices], 1, 0))  # (N, C, H, W)
     x_model = np.ascontiguousarray(sm.to_model(x_layer))
-    K = len(job.thresholds)
+    s = job.settings
+    thresholds = s.thresholds()
+    K = len(thresholds)
     batch = job.batch_size or K * (16 if on_gpu else 2)
-    gen = det.iter_detect(x_model, L=job.L, P=job.thresholds, steps=job.steps, seed=job.seed,
+    gen = det.iter_detect(x_model, L=s.L, P=thresholds, steps=s.S, seed=s.seed,
                           indices=[sm.seed_index(i) for i in job.slices], normalize="none",
                           keep_mask_history=True, batch_size=batch, spacing=job.spacing)
     tick = None  # stays None when every slice is empty (skipped without network calls)
@@ -214,14 +218,12 @@ def _run(job: Job, torch) -> Generator:
                            "filtered version")
     prov["layer_slices"] = list(job.slices) if len(job.slices) <= 4096 else f"{job.slices[0]}.."
     prov["torch_threads"] = None if on_gpu else torch.get_num_threads()
-    first = 0
-    if job.P_first is not None:
-        first = min(range(K), key=lambda k: abs(job.thresholds[k] - job.P_first))
+    first = min(range(K), key=lambda k: abs(thresholds[k] - s.P))
     seg = np.zeros(amap.shape, np.uint8)
     seg[first] = yield from _segment_ticking(x_layer, recon[first], n_sample, total, t0)
     ready = [k == first for k in range(K)]
     prov["seconds"] = round(time.perf_counter() - t0, 3)
-    out = Outcome(list(job.thresholds), list(job.slices), recon, amap, seg, ready,
+    out = Outcome(list(thresholds), list(job.slices), recon, amap, seg, ready,
                   res.masked_fraction, np.ascontiguousarray(sm.to_layer(hist)), axes, x_layer,
                   (0.0, hi if hi > 0 else 1.0), prov, det, vol)
     yield Ready(out)  # the main thread owns `out` from here on: only local arrays are read below

@@ -19,7 +19,7 @@ from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from .inputs import (InputError, base_name, build_volume, channel_titles, current_slice,
-                      parse_sweep, view_of)
+                      view_of)
 from .layers import SliceMap
 from .run import Job, Outcome, Ready, SegDone, run_job
 from .widget_controls import Controls, plugin_defaults
@@ -203,10 +203,8 @@ class BerdiffWidget(ModelInputs, QWidget):
             if a >= Z:
                 raise InputError(f"the slice range starts at {a} but {src.name} has {Z} slices (0..{Z - 1})")
             slices = list(range(a, min(b, Z - 1) + 1))
-        L = int(self.c.L.value)
-        P = round(float(self.c.P.value), 4)
-        sweep = parse_sweep(self.c.sweep.value) if self.c.sweep_on.value else []
-        thresholds = sorted(set(sweep) | {P})
+        settings = self.c.settings()
+        L, thresholds = settings.L, settings.thresholds()
         norm_key = tuple((_uid(ly), id(ly.data), tuple(ly.data.shape)) for ly in layers) + (
             channel_axis, self.checkpoint.sha256)  # the normalisation follows the model
         normalized = self._normalized[1] if self._normalized[0] == norm_key else None
@@ -219,8 +217,7 @@ class BerdiffWidget(ModelInputs, QWidget):
         slice_map = SliceMap.for_layer(src.metadata, Z) if src.ndim == 3 else SliceMap()
         job = Job(volume=volume, slices=slices, slice_map=slice_map, checkpoint=self.checkpoint,
                   spacing=self.pixel_spacing(src),
-                  device=self.c.device.value, L=L, thresholds=thresholds,
-                  steps=min(int(self.c.steps.value), L), seed=int(self.c.seed.value), P_first=P,
+                  device=self.c.device.value, settings=settings,
                   detector=self._detector[1] if self._detector[0] == det_key else None,
                   normalized=normalized)
         ctx = RunContext(layers, src, base_name(layers), self._channel_names, L, thresholds, norm_key,

@@ -5,11 +5,14 @@ from __future__ import annotations
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label,
                               LineEdit, PushButton, Slider, SpinBox)
 
-from .inputs import BUNDLED_CHOICES, FILE_CHOICE
+from ..core.inference.settings import DEFAULTS, DetectSettings, format_sweep
+from .inputs import BUNDLED_CHOICES, FILE_CHOICE, parse_sweep
 
-DEFAULT_SWEEP = "0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9"
 SCOPES = ("current slice", "all slices", "slice range")
 PLUGIN = "napari-berdiff"
+# the manifest's configurations.widget keys that are detection settings, and their fields
+PREFERENCES = {"noise_level": "L", "threshold": "P", "steps": "steps", "p_sweep": "p_sweep",
+               "seed": "seed"}
 
 
 def plugin_defaults() -> dict:
@@ -22,7 +25,7 @@ def plugin_defaults() -> dict:
         widget = get_plugin_settings(PLUGIN).widget
     except (ImportError, KeyError, AttributeError):
         return {}
-    keys = ("device", "checkpoint", "noise_level", "threshold", "steps", "p_sweep", "seed")
+    keys = ("device", "checkpoint", *PREFERENCES)
     return {k: getattr(widget, k) for k in keys if hasattr(widget, k)}
 
 
@@ -52,16 +55,16 @@ class Controls:
                                       "one layer per channel below")
         self.inputs = Container(labels=True)
         self.input_info = Label(label="", value="")
-        self.L = Slider(label="noise level L", min=1, max=1000, value=200,
+        self.L = Slider(label="noise level L", min=1, max=1000, value=DEFAULTS.L,
                         tooltip="diffusion steps of noise added to the latent code (1..1000)")
-        self.P = FloatSlider(label="threshold P", min=0.0, max=1.0, step=0.01, value=0.5,
+        self.P = FloatSlider(label="threshold P", min=0.0, max=1.0, step=0.01, value=DEFAULTS.P,
                              tooltip="a latent bit is masked (resampled) once its flip probability "
                                      "exceeds P; P = 0 masks everything, P = 1 nothing")
-        self.steps = SpinBox(label="steps S", min=1, max=200, value=20,
+        self.steps = SpinBox(label="steps S", min=1, max=200, value=DEFAULTS.steps,
                              tooltip="strided denoising steps from L down to 0 (1..L)")
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed)
         self.sweep_on = CheckBox(text="sample a P sweep (instant P slider)", value=True)
-        self.sweep = LineEdit(label="P sweep", value=DEFAULT_SWEEP,
+        self.sweep = LineEdit(label="P sweep", value=format_sweep(DEFAULTS.p_sweep),
                               tooltip="P values sampled in one batch: 0.1, 0.3, 0.5 or 0.1:0.9:0.1")
         self.device = ComboBox(label="device", choices=devices)
         self.device_info = Label(label="", value="")
@@ -115,6 +118,13 @@ class Controls:
             if dev not in self.device.choices:
                 self.device.choices = [*self.device.choices, dev]
             self.device.value = dev
+
+    def settings(self) -> DetectSettings:
+        """The detection settings the controls show (InputError for an unreadable P sweep)."""
+        sweep = parse_sweep(self.sweep.value) if self.sweep_on.value else []
+        return DetectSettings(L=int(self.L.value), P=round(float(self.P.value), 4),
+                              steps=int(self.steps.value), seed=int(self.seed.value),
+                              p_sweep=tuple(sweep))
 
     def set_info(self, label: Label, text: str, level: str = "info") -> None:
         colour = {"info": "", "warning": "color: #e0a030;", "error": "color: #f05050;"}[level]

@@ -21,70 +21,13 @@ bit-exactly. ``iid`` (the default) is the paper exactly.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import torch
 import torch.nn.functional as F
 
 from .content_mix import content_mix
+from .settings import KINDS, SHAPES, Corruption
 
 __all__ = ["Corruption", "KINDS", "SHAPES", "region_masks", "corrupt_codes", "corrupt_images"]
-
-KINDS = ("iid", "patch", "blob", "image")
-SHAPES = ("blob", "box")
-
-
-@dataclass(frozen=True)
-class Corruption:
-    """Settings of the structured corruption (see the module text); ``kind="iid"``: none."""
-
-    kind: str = "iid"
-    prob: float = 0.5          # share of the training codes that get a corrupted region
-    min_area: float = 0.03     # share of the latent cells a region covers: uniform in [min, max]
-    max_area: float = 0.25
-    shape: str = "blob"        # blob | box
-    max_shift: int = 8         # patch: the donor code is rolled by up to this many cells
-    flip_rate: float = 0.5     # blob: each bit inside the region flips with this probability
-    coarse: int = 4            # blob regions: side of the coarse Gaussian field
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"corruption must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.shape not in SHAPES:
-            raise ValueError(f"corruption shape must be one of {', '.join(SHAPES)}, "
-                             f"got {self.shape!r}")
-        if not 0.0 <= self.prob <= 1.0:
-            raise ValueError(f"corruption probability must be in [0, 1], got {self.prob}")
-        if not 0.0 < self.min_area <= self.max_area <= 1.0:
-            raise ValueError("corruption area must satisfy 0 < min <= max <= 1, got "
-                             f"{self.min_area} {self.max_area}")
-        if self.max_shift < 0:
-            raise ValueError(f"corruption shift must be >= 0, got {self.max_shift}")
-        if not 0.0 < self.flip_rate <= 1.0:
-            raise ValueError(f"corruption flip rate must be in (0, 1], got {self.flip_rate}")
-        if self.coarse < 2:
-            raise ValueError(f"corruption coarse grid must be >= 2, got {self.coarse}")
-
-    @property
-    def active(self) -> bool:
-        return self.kind != "iid" and self.prob > 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "Corruption":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (d or {}).items() if k in names})
-
-    def describe(self) -> str:
-        if not self.active:
-            return "iid (the paper's i.i.d. bit flips only)"
-        what = {"patch": f"bits of another training code shifted by up to {self.max_shift} cells",
-                "blob": f"random flips at rate {self.flip_rate:g}",
-                "image": "an encoded image region of another training image"}[self.kind]
-        return (f"{self.kind}: with probability {self.prob:g}, a {self.shape} region covering "
-                f"{self.min_area:.0%}-{self.max_area:.0%} of the latent cells gets {what}")
 
 
 def region_masks(n: int, h: int, w: int, cfg: Corruption, device=None) -> torch.Tensor:

@@ -11,12 +11,34 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .train_state import collate_first
+from .train_state import LoopOptions, collate_first
 
 __all__ = ["probe_dataset", "check_dataset", "fixed_batch", "training_record",
-           "meta_from_prepared", "dataset_label"]
+           "meta_from_prepared", "dataset_label", "start_stage", "loop_options"]
 
 _NIFTI = (".nii", ".nii.gz")
+
+
+def start_stage(settings):
+    """The process group and device of a stage (``settings``: a TrainingRun); sets the CPU
+    threads and says on stderr when the device asked for is not available."""
+    from .distributed import init_distributed
+
+    info = init_distributed(settings.device)
+    if settings.threads:
+        torch.set_num_threads(int(settings.threads))
+    if info.device_warning and info.is_main:
+        print(f"warning: {info.device_warning}", file=sys.stderr)
+    return info
+
+
+def loop_options(settings, out_dir, on_end=None) -> LoopOptions:
+    """The training loop's options from a stage's settings (a TrainingRun)."""
+    s = settings
+    return LoopOptions(out_dir=Path(out_dir), steps=s.steps, batch_size=s.batch_size, seed=s.seed,
+                       ckpt_every=s.ckpt_every, log_every=s.log_every,
+                       sample_every=s.sample_every, resume=s.resume, num_workers=s.num_workers,
+                       progress=s.progress, on_end=on_end)
 
 
 def probe_dataset(dataset) -> tuple[int, int]:

@@ -18,7 +18,7 @@ Multi-process training (one process per GPU, or several CPU processes with gloo)
 
 from __future__ import annotations
 
-import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -29,14 +29,16 @@ from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
 from napari_berdiff.core.models.configs import AutoencoderConfig, get_preset
 
 from .discriminator import PatchDiscriminator
-from .distributed import DistInfo, init_distributed, wrap_ddp
+from .distributed import DistInfo, wrap_ddp
 from .ema import EMA
-from .loop import LoopOptions, TrainState, TrainTask, run_training
+from .loop import TrainState, TrainTask, run_training
+from .settings import AutoencoderTraining
 from .train_state import configure_cuda, resolve_amp, seed_everything
 from .losses import (adaptive_weight, code_entropy, hinge_d_loss, hinge_g_loss, load_lpips,
                      reconstruction_loss)
 from .content_mix import content_mix as mix_content
-from .stage_common import check_dataset, fixed_batch, probe_dataset, training_record
+from .stage_common import (check_dataset, fixed_batch, loop_options, probe_dataset, start_stage,
+                           training_record)
 from .trainlog import save_image_grid
 
 __all__ = ["train_autoencoder", "AutoencoderTask"]
@@ -161,62 +163,31 @@ class AutoencoderTask(TrainTask):
                         title=f"step {step}  PSNR {psnr:.2f} dB")
 
 
-def train_autoencoder(
-    dataset,
-    out_dir: str | Path,
-    *,
-    preset: str = "small",
-    config: AutoencoderConfig | None = None,
-    in_channels: int | None = None,
-    steps: int = 12000,
-    batch_size: int = 6,
-    lr: float = 1.08e-4,
-    ema: float = 0.995,
-    rec_loss: str = "l1",
-    gan_start: int = 30001,
-    disc_weight: float = 1.0,
-    disc_lr: float | None = None,
-    lpips: str | bool = "off",
-    lpips_weight: float = 1.0,
-    entropy_weight: float = 0.0,
-    content_mix: float = 0.0,
-    ckpt_every: int = 1000,
-    log_every: int = 50,
-    sample_every: int = 1000,
-    seed: int = 0,
-    device: str = "auto",
-    amp: str = "auto",
-    resume: str | Path | bool | None = None,
-    num_workers: int = 0,
-    threads: int | None = None,
-    meta: Mapping[str, Any] | None = None,
-    progress: bool = True,
-    on_end: Callable[[TrainTask], None] | None = None,
-) -> Path:
+def train_autoencoder(dataset, out_dir: str | Path, settings: AutoencoderTraining | None = None,
+                      *, config: AutoencoderConfig | None = None, in_channels: int | None = None,
+                      meta: Mapping[str, Any] | None = None,
+                      on_end: Callable[[TrainTask], None] | None = None, **changes) -> Path:
     """Train the autoencoder on ``dataset`` ((C, S, S) float images in [0, 1], or tuples/dicts
     whose first item is one); returns the path of ``out_dir/autoencoder.pt``.
 
-    ``config`` overrides ``preset``; ``in_channels`` defaults to the dataset's. ``gan_start`` is
-    the 1-based step of the first adversarial update; ``disc_weight=0`` trains without a
-    discriminator. ``lpips``: ``off`` | ``auto`` (use it when its weights are on disk) | ``on``
-    (error without them). ``entropy_weight``: factor on the mean binary entropy of the code
+    ``settings`` (:class:`~src_training.train.settings.AutoencoderTraining`, its defaults when
+    None) with the fields named in ``changes`` replaced. ``config`` overrides ``settings.preset``;
+    ``in_channels`` defaults to the dataset's. ``gan_start`` is the 1-based step of the first
+    adversarial update; ``disc_weight=0`` trains without a discriminator. ``lpips``: ``off`` |
+    ``auto`` (use it when its weights are on disk) | ``on`` (error without them).
+    ``entropy_weight``: factor on the mean binary entropy of the code
     (:func:`~src_training.train.losses.code_entropy`; 0 = docs/method.md §7 exactly): it pushes the bit
     probabilities to 0 or 1 so that the diffusion model gets a learnable code. ``content_mix``:
     probability that a training image carries a pasted region of another healthy image with new
-    contrast (:func:`~src_training.train.content_mix.content_mix`; 0 = docs/method.md §7 exactly): it teaches the
-    autoencoder to reproduce content it has not seen, such as anomalies. ``resume``: None =
-    continue from ``out_dir/last.pt`` if present, a path, or False = start afresh. ``threads``
-    sets torch's CPU threads (default: torch's choice; under torchrun on the CPU the cores are
-    shared out between the local processes). ``num_workers``: DataLoader worker processes. ``amp``: ``auto`` | ``bf16`` | ``fp16`` | ``off`` (CUDA only).
-    Under ``torchrun`` each process trains on its shard (DDP; ``batch_size`` is per process); call
-    it the same way. Raises :class:`~src_training.train.train_state.TrainingInterrupted` after saving when
-    stopped by Ctrl-C/SIGTERM.
+    contrast (:func:`~src_training.train.content_mix.content_mix`; 0 = docs/method.md §7 exactly): it teaches
+    the autoencoder to reproduce content it has not seen, such as anomalies. Under ``torchrun``
+    each process trains on its shard (DDP; ``batch_size`` is per process); call it the same way.
+    Raises :class:`~src_training.train.train_state.TrainingInterrupted` after saving when stopped
+    by Ctrl-C/SIGTERM.
     """
-    info = init_distributed(device)
-    if threads:
-        torch.set_num_threads(int(threads))
-    if info.device_warning and info.is_main:
-        print(f"warning: {info.device_warning}", file=sys.stderr)
+    s = replace(settings or AutoencoderTraining(), **changes)
+    info = start_stage(s)
+    preset = s.preset
     probed = probe_dataset(dataset)
     if config is None:
         config, _ = get_preset(preset, in_channels or probed[0])
@@ -227,30 +198,30 @@ def train_autoencoder(
         preset = None
     what = f"the '{preset}' autoencoder config" if preset else "the autoencoder config"
     check_dataset(dataset, config.in_channels, config.image_size, what, probed)
-    if entropy_weight < 0:
-        raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}")
-    if not 0.0 <= content_mix <= 1.0:
-        raise ValueError(f"content_mix must be a probability in [0, 1], got {content_mix}")
-    if rec_loss not in ("l1", "mse"):
-        raise ValueError(f"rec_loss must be l1 or mse, got {rec_loss!r}")
-    opts = LoopOptions(out_dir=Path(out_dir), steps=steps, batch_size=batch_size, seed=seed,
-                       ckpt_every=ckpt_every, log_every=log_every, sample_every=sample_every,
-                       resume=resume, num_workers=num_workers, progress=progress, on_end=on_end)
-    amp_cfg = resolve_amp(amp, info.device)
+    if s.entropy_weight < 0:
+        raise ValueError(f"entropy_weight must be >= 0, got {s.entropy_weight}")
+    if not 0.0 <= s.content_mix <= 1.0:
+        raise ValueError(f"content_mix must be a probability in [0, 1], got {s.content_mix}")
+    if s.rec_loss not in ("l1", "mse"):
+        raise ValueError(f"rec_loss must be l1 or mse, got {s.rec_loss!r}")
+    opts = loop_options(s, out_dir, on_end)
+    amp_cfg = resolve_amp(s.amp, info.device)
     configure_cuda(info.device)
-    perceptual = load_lpips(lpips)
-    hyper = dict(batch_size=batch_size, lr=lr, ema=ema, rec_loss=rec_loss, gan_start=gan_start,
-                 disc_weight=disc_weight, disc_lr=disc_lr or lr, lpips=perceptual is not None,
-                 entropy_weight=float(entropy_weight), content_mix=float(content_mix),
-                 seed=seed, amp=amp_cfg.name, device=str(info.device))
+    perceptual = load_lpips(s.lpips)
+    disc_lr = s.disc_lr or s.lr
+    hyper = dict(batch_size=s.batch_size, lr=s.lr, ema=s.ema, rec_loss=s.rec_loss,
+                 gan_start=s.gan_start, disc_weight=s.disc_weight, disc_lr=disc_lr,
+                 lpips=perceptual is not None, entropy_weight=float(s.entropy_weight),
+                 content_mix=float(s.content_mix), seed=s.seed, amp=amp_cfg.name,
+                 device=str(info.device))
     out_meta = dict(meta or {})
-    out_meta["training"] = training_record("autoencoder", steps=steps, preset=preset,
+    out_meta["training"] = training_record("autoencoder", steps=s.steps, preset=preset,
                                            dataset=dataset, world_size=info.world_size, **hyper)
     samples = fixed_batch(dataset, 4, info.device)
-    seed_everything(seed)  # identical initial weights on every rank
-    task = AutoencoderTask(config, info, amp=amp_cfg, lr=lr, ema=ema, rec_loss=rec_loss,
-                           gan_start=gan_start, disc_weight=disc_weight, disc_lr=disc_lr or lr,
-                           lpips=perceptual, lpips_weight=lpips_weight, meta=out_meta,
-                           samples=samples, entropy_weight=entropy_weight,
-                           content_mix=content_mix)
+    seed_everything(s.seed)  # identical initial weights on every rank
+    task = AutoencoderTask(config, info, amp=amp_cfg, lr=s.lr, ema=s.ema, rec_loss=s.rec_loss,
+                           gan_start=s.gan_start, disc_weight=s.disc_weight, disc_lr=disc_lr,
+                           lpips=perceptual, lpips_weight=s.lpips_weight, meta=out_meta,
+                           samples=samples, entropy_weight=s.entropy_weight,
+                           content_mix=s.content_mix)
     return run_training(task, dataset, opts)

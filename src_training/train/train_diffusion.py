@@ -21,6 +21,7 @@ Multi-process training::
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -34,12 +35,13 @@ from napari_berdiff.core.models.unet import BernoulliUNet
 
 from .code_cache import CodeCache, cache_bytes, describe, should_cache
 from .corruption import Corruption, corrupt_codes, corrupt_images
-from .distributed import DistInfo, init_distributed, wrap_ddp
+from .distributed import DistInfo, wrap_ddp
 from .ema import EMA
-from .loop import LoopOptions, TrainState, TrainTask, run_training
+from .loop import TrainState, TrainTask, run_training
+from .settings import DiffusionTraining
 from .train_state import configure_cuda, resolve_amp, seed_everything
 from .losses import flip_bce_loss
-from .stage_common import check_dataset, fixed_batch, training_record
+from .stage_common import check_dataset, fixed_batch, loop_options, start_stage, training_record
 from .trainlog import save_image_grid
 
 __all__ = ["train_diffusion", "DiffusionTask", "unet_config_for"]
@@ -172,76 +174,73 @@ class DiffusionTask(TrainTask):
                         title=f"step {step}  masked fraction {float(frac):.3f}")
 
 
-def train_diffusion(
-    dataset,
-    ae_checkpoint: str | Path,
-    out_dir: str | Path,
-    *,
-    preset: str | None = None,
-    unet_config: UNetConfig | None = None,
-    steps: int = 200_000,
-    batch_size: int = 32,
-    lr: float = 1e-4,
-    weight_decay: float = 0.0,
-    ema: float = 0.999,
-    schedule: BernoulliSchedule | None = None,
-    ckpt_every: int = 1000,
-    log_every: int = 50,
-    sample_every: int = 2000,
-    sample_L: int = 200,
-    seed: int = 0,
-    device: str = "auto",
-    amp: str = "auto",
-    resume: str | Path | bool | None = None,
-    num_workers: int = 0,
-    threads: int | None = None,
-    meta: Mapping[str, Any] | None = None,
-    meta_defaults: Mapping[str, Any] | None = None,
-    progress: bool = True,
-    on_end: Callable[[TrainTask], None] | None = None,
-    init_unet: str | Path | None = None,
-    t_max: int | None = None,
-    cache_codes: str = "auto",
-    corruption: Corruption | None = None,
-) -> Path:
+def train_diffusion(dataset, ae_checkpoint: str | Path, out_dir: str | Path,
+                    settings: DiffusionTraining | None = None, *,
+                    unet_config: UNetConfig | None = None,
+                    schedule: BernoulliSchedule | None = None,
+                    meta: Mapping[str, Any] | None = None,
+                    meta_defaults: Mapping[str, Any] | None = None,
+                    on_end: Callable[[TrainTask], None] | None = None, **changes) -> Path:
     """Train the diffusion U-Net on the codes of the frozen autoencoder in ``ae_checkpoint``;
     returns the path of ``out_dir/model.pt`` (autoencoder + U-Net + schedule + meta).
 
-    The U-Net config is ``unet_config``, else ``preset``'s, else that of the preset whose
-    autoencoder matches the checkpoint's. ``meta`` entries are added to (and override) the ones
-    carried over from the autoencoder checkpoint; ``meta_defaults`` fill in only what that meta
-    lacks (the CLI passes the prepared data's channel names and preprocessing there).
-    ``sample_L`` is the noise level of the sample grids. ``init_unet``: a diffusion checkpoint whose
-    U-Net weights start the run (fine-tuning on a further-trained autoencoder; same U-Net config;
-    ignored when the run resumes from ``out_dir/last.pt``). ``t_max``: train on steps t in
-    1..t_max only (default T): the detector never samples above its L, so a model meant for L <= 400
-    spends its whole budget there; recorded as ``meta["max_L"]``, which the detector and the widget
-    respect. ``cache_codes`` ("auto", "on", "off"): encode the training images once and draw
-    each step's code from the stored probabilities (:mod:`src_training.train.code_cache`; the same
-    distribution as encoding every batch, about twice as fast on the CPU); "auto" caches when the
-    codes fit in a quarter of the available memory. ``corruption``: structured corruption of a
-    share of the clean codes (:mod:`src_training.train.corruption`; default i.i.d. noise only, the
-    paper; the ``image`` kind encodes every batch, so it never caches codes). The other options
-    are those of
+    ``settings`` (:class:`~src_training.train.settings.DiffusionTraining`, its defaults when None)
+    with the fields named in ``changes`` replaced. The U-Net config is ``unet_config``, else
+    ``settings.preset``'s, else that of the preset whose autoencoder matches the checkpoint's.
+    ``meta`` entries are added to (and override) the ones carried over from the autoencoder
+    checkpoint; ``meta_defaults`` fill in only what that meta lacks (the CLI passes the prepared
+    data's channel names and preprocessing there). ``sample_L`` is the noise level of the sample
+    grids. ``init_unet``: a diffusion checkpoint whose U-Net weights start the run (fine-tuning on
+    a further-trained autoencoder; same U-Net config; ignored when the run resumes from
+    ``out_dir/last.pt``). ``t_max``: train on steps t in 1..t_max only (default T): the detector
+    never samples above its L, so a model meant for L <= 400 spends its whole budget there;
+    recorded as ``meta["max_L"]``, which the detector and the widget respect. ``cache_codes``
+    ("auto", "on", "off"): encode the training images once and draw each step's code from the
+    stored probabilities (:mod:`src_training.train.code_cache`; the same distribution as encoding
+    every batch, about twice as fast on the CPU); "auto" caches when the codes fit in a quarter
+    of the available memory. ``corruption``: structured corruption of a share of the clean codes
+    (:mod:`src_training.train.corruption`; default i.i.d. noise only, the paper; the ``image``
+    kind encodes every batch, so it never caches codes). The other settings are those of
     :func:`~src_training.train.train_autoencoder.train_autoencoder`.
     """
-    info = init_distributed(device)
-    if threads:
-        torch.set_num_threads(int(threads))
-    if info.device_warning and info.is_main:
-        print(f"warning: {info.device_warning}", file=sys.stderr)
+    s = replace(settings or DiffusionTraining(), **changes)
+    info = start_stage(s)
     ck = load_checkpoint(ae_checkpoint)
     if ck.ae_config is None:
         raise ValueError(f"{ae_checkpoint} holds no autoencoder")
-    cfg, preset = unet_config_for(ck, preset, unet_config)
+    cfg, preset = unet_config_for(ck, s.preset, unet_config)
     check_dataset(dataset, ck.ae_config.in_channels, ck.ae_config.image_size,
                   f"the autoencoder in {ae_checkpoint}")
     schedule = schedule or BernoulliSchedule()
-    opts = LoopOptions(out_dir=Path(out_dir), steps=steps, batch_size=batch_size, seed=seed,
-                       ckpt_every=ckpt_every, log_every=log_every, sample_every=sample_every,
-                       resume=resume, num_workers=num_workers, progress=progress, on_end=on_end)
-    amp_cfg = resolve_amp(amp, info.device)
+    opts = loop_options(s, out_dir, on_end)
+    amp_cfg = resolve_amp(s.amp, info.device)
     configure_cuda(info.device)
+    if s.t_max is not None and not 1 <= int(s.t_max) <= schedule.T:
+        raise ValueError(f"t_max must be in 1..{schedule.T}, got {s.t_max}")
+    t_max = int(s.t_max or schedule.T)
+    corruption = s.corruption or Corruption()
+    out_meta = _diffusion_meta(ck, s, preset, dataset, info, amp_cfg.name, t_max, meta,
+                               meta_defaults)
+    cache_codes = "off" if corruption.active and corruption.kind == "image" else s.cache_codes
+    init = _init_checkpoint(s.init_unet, cfg) if s.init_unet is not None else None
+    if init is not None:
+        out_meta["training"].update(init_unet=str(init.path), init_unet_sha256=init.sha256)
+    samples = fixed_batch(dataset, 4, info.device)
+    seed_everything(s.seed)  # identical initial weights on every rank
+    task = DiffusionTask(ck, cfg, schedule, info, amp=amp_cfg, lr=s.lr,
+                         weight_decay=s.weight_decay, ema=s.ema, meta=out_meta, samples=samples,
+                         sample_L=min(s.sample_L, t_max), t_max=s.t_max, corruption=corruption)
+    if init is not None:  # a resumed run's last.pt replaces these weights again
+        task.unet.load_state_dict(init.unet_state)
+        task.state.emas["unet"].shadow.load_state_dict(init.unet_state)
+    dataset = _maybe_cache(task, dataset, cache_codes, s.batch_size, info)
+    return run_training(task, dataset, opts)
+
+
+def _diffusion_meta(ck: Checkpoint, s: DiffusionTraining, preset, dataset, info: DistInfo,
+                    amp_name: str, t_max: int, meta, meta_defaults) -> dict:
+    """The released model's meta: the autoencoder's (its training record moved aside), the
+    caller's ``meta`` on top, ``meta_defaults`` below, and this stage's ``training`` record."""
     out_meta = dict(meta_defaults or {})
     out_meta.update({k: v for k, v in ck.meta.items() if k not in ("training", "trained_with")})
     if "training" in ck.meta:
@@ -249,33 +248,15 @@ def train_diffusion(
     out_meta.update(dict(meta or {}))
     out_meta["autoencoder_checkpoint"] = str(ck.path)
     out_meta["autoencoder_sha256"] = ck.sha256
+    corruption = s.corruption or Corruption()
     out_meta["training"] = training_record(
-        "diffusion", steps=steps, preset=preset, dataset=dataset, world_size=info.world_size,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema=ema, seed=seed,
-        amp=amp_cfg.name, device=str(info.device))
-    if t_max is not None and not 1 <= int(t_max) <= schedule.T:
-        raise ValueError(f"t_max must be in 1..{schedule.T}, got {t_max}")
-    out_meta["training"]["t_max"] = int(t_max or schedule.T)
-    out_meta["max_L"] = int(t_max or schedule.T)
-    corruption = corruption or Corruption()
-    out_meta["training"]["corruption"] = corruption.to_dict()
-    out_meta["training"]["corruption_description"] = corruption.describe()
-    if corruption.active and corruption.kind == "image":
-        cache_codes = "off"
-    init = _init_checkpoint(init_unet, cfg) if init_unet is not None else None
-    if init is not None:
-        out_meta["training"].update(init_unet=str(init.path), init_unet_sha256=init.sha256)
-    samples = fixed_batch(dataset, 4, info.device)
-    seed_everything(seed)  # identical initial weights on every rank
-    task = DiffusionTask(ck, cfg, schedule, info, amp=amp_cfg, lr=lr, weight_decay=weight_decay,
-                         ema=ema, meta=out_meta, samples=samples,
-                         sample_L=min(sample_L, int(t_max or schedule.T)), t_max=t_max,
-                         corruption=corruption)
-    if init is not None:  # a resumed run's last.pt replaces these weights again
-        task.unet.load_state_dict(init.unet_state)
-        task.state.emas["unet"].shadow.load_state_dict(init.unet_state)
-    dataset = _maybe_cache(task, dataset, cache_codes, batch_size, info)
-    return run_training(task, dataset, opts)
+        "diffusion", steps=s.steps, preset=preset, dataset=dataset, world_size=info.world_size,
+        batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay, ema=s.ema, seed=s.seed,
+        amp=amp_name, device=str(info.device))
+    out_meta["training"].update(t_max=t_max, corruption=corruption.to_dict(),
+                                corruption_description=corruption.describe())
+    out_meta["max_L"] = t_max
+    return out_meta
 
 
 def _maybe_cache(task: DiffusionTask, dataset, mode: str, batch_size: int, info: DistInfo):

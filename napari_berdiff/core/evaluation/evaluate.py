@@ -43,6 +43,7 @@ import numpy as np
 from .metrics import (DiceSweep, PooledRanking, auprc, auroc, default_thresholds, dice,
                       image_auroc, paper_slice_metrics, psnr, summarize)
 from ..inference.postprocess import paper_anomaly_map, remove_small_components
+from ..inference.settings import DEFAULTS, POST
 
 __all__ = ["evaluate", "MODEL_METHODS", "ALL_METHODS", "threshold_channel"]
 
@@ -93,10 +94,11 @@ def _rss_mb() -> float:
     return kb / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
 
 
-def evaluate(detector, eval_split, val_split=None, *, L: int = 200, P: float = 0.5,
-             steps: int | None = None, seed: int = 0, batch_size: int = 8,
+def evaluate(detector, eval_split, val_split=None, *, L: int = DEFAULTS.L, P: float = DEFAULTS.P,
+             steps: int | None = None, seed: int = DEFAULTS.seed, batch_size: int = 8,
              baselines: Sequence[str] = ("unmasked", "ae_only", "threshold"),
-             min_size: int = 10, connectivity: int = 2, median_size: int = 5,
+             min_size: int = POST.min_size, connectivity: int = POST.connectivity,
+             median_size: int = POST.median_size,
              brain_mask: bool = False, chunk_size: int | None = None, timing_slices: int = 2,
              kinds: np.ndarray | None = None,
              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:

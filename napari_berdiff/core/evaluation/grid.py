@@ -10,12 +10,14 @@ import numpy as np
 
 from .evaluate import _as_float, _n_ticks, _pixel_labelled
 from .metrics import image_auroc, paper_slice_metrics, summarize
+from ..inference.settings import DEFAULTS, POST
 
 __all__ = ["grid_sweep"]
 
 
 def grid_sweep(detector, split, Ls: Sequence[int], Ps: Sequence[float], *, steps: int | None = None,
-               seed: int = 0, batch_size: int = 8, min_size: int = 10, median_size: int = 5,
+               seed: int = DEFAULTS.seed, batch_size: int = 8, min_size: int = POST.min_size,
+               median_size: int = POST.median_size,
                chunk_size: int | None = None,
                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run the detector at every L with all P in one sweep; returns ``{"cells": [...],

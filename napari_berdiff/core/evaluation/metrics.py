@@ -21,6 +21,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ..inference.postprocess import normalize_map, paper_anomaly_map, remove_small_components
+from ..inference.settings import POST
 
 __all__ = ["dice", "auprc", "auroc", "psnr", "image_auroc", "summarize", "best_threshold",
            "DiceSweep", "PooledRanking", "paper_slice_metrics", "default_thresholds"]
@@ -245,8 +246,9 @@ class PooledRanking:
 
 
 def paper_slice_metrics(x: np.ndarray, x_rec: np.ndarray, label: np.ndarray, *,
-                        median_size: int = 5, threshold: float = 0.5, min_size: int = 10,
-                        connectivity: int = 2, valid: np.ndarray | None = None,
+                        median_size: int = POST.median_size, threshold: float = POST.threshold,
+                        min_size: int = POST.min_size, connectivity: int = POST.connectivity,
+                        valid: np.ndarray | None = None,
                         amap: np.ndarray | None = None) -> dict[str, float]:
     """The paper protocol for one slice ``x``/``x_rec`` ``(C, H, W)``, ``label`` ``(H, W)``:
     median-filtered map, percentile-normalised (AUPRC, AUROC), thresholded with small

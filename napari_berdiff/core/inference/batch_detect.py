@@ -6,9 +6,9 @@ models were trained) and run axial slice by axial slice with :meth:`Detector.det
 BraTS-style models); the outputs go back to the file's own voxel order and affine. 2D images run
 as one slice. The anomaly map written is the paper's: per-channel
 squared error, 5x5 median filter, summed over channels. The segmentation is
-``segment(normalize_map(map), threshold, min_size)`` per slice (paper protocol), or, with
-``abs_threshold``, ``map > abs_threshold`` (e.g. a threshold chosen by ``berdiff evaluate`` on a
-validation split; then slices without anomalies stay empty). Slices not selected are 0.
+:func:`.postprocess.segment_map` of the settings' post-processing per slice (paper protocol, or,
+with ``abs_threshold``, ``map > abs_threshold``: e.g. a threshold chosen by ``berdiff evaluate``
+on a validation split; then slices without anomalies stay empty). Slices not selected are 0.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import sys
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -25,24 +24,10 @@ import numpy as np
 from ..io.batch_io import AtomicFiles, InputItem, output_paths, parse_slices
 from ..io.readers import DataError, find_brats_case, load_brats_case, load_image_2d, load_nifti
 from ..io.orientation import axcodes, canonical_zooms, from_canonical, orientation_of, to_canonical
-from .postprocess import normalize_map, paper_anomaly_map, remove_small_components, segment
+from .postprocess import paper_anomaly_map, segment_map
+from .settings import DetectSettings
 
 __all__ = ["DetectSettings", "load_item", "run_item"]
-
-
-@dataclass
-class DetectSettings:
-    L: int = 200
-    P: float = 0.5
-    steps: int | None = None
-    seed: int = 0
-    batch_size: int | str = "auto"
-    slices: str | None = None
-    median_size: int = 5
-    threshold: float = 0.5
-    abs_threshold: float | None = None
-    min_size: int = 10
-    connectivity: int = 2
 
 
 def load_item(item: InputItem, channels: int) -> tuple[np.ndarray, np.ndarray | None, Any]:
@@ -110,12 +95,15 @@ def _png(path, arr: np.ndarray) -> None:
 
 
 def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
+             batch_size: int | str = "auto", slices: str | None = None,
              progress: Callable[[Any], None] | None = None, extra: dict | None = None) -> dict:
-    """Detect on one input and write its outputs atomically; returns a short summary."""
+    """Detect on one input with the settings ``s`` (P, not the sweep) and write its outputs
+    atomically; ``slices``: a ``--slices`` spec of the volume's axial slices. Returns a short
+    summary."""
     C = detector.in_channels
     data, affine, header = load_item(item, C)
     _check_modality(detector, item)
-    kw = dict(L=s.L, P=[float(s.P)], steps=s.steps, seed=s.seed, batch_size=s.batch_size,
+    kw = dict(L=s.L, P=[float(s.P)], steps=s.S, seed=s.seed, batch_size=batch_size,
               progress=progress)
     orient = None
     if item.is_2d:
@@ -126,17 +114,15 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
         ornt = orientation_of(affine)
         vol = to_canonical(data, ornt)
         n_z = vol.shape[-1]
-        idx = parse_slices(s.slices, n_z) or list(range(n_z))
+        idx = parse_slices(slices, n_z) or list(range(n_z))
         res = detector.detect_volume(vol, slice_axis=-1, slices=idx,
                                      spacing=canonical_zooms(affine, ornt), **kw)
         orient = {"file_voxel_order": axcodes(ornt), "model_voxel_order": "RAS",
                   "slices": "axial, numbered from the feet up (--slices counts them so)"}
     rec = res.reconstruction[0]  # (n, C, h, w)
-    amap = paper_anomaly_map(res.input, rec, s.median_size)  # (n, h, w)
-    if s.abs_threshold is not None:
-        seg = remove_small_components(amap > s.abs_threshold, s.min_size, s.connectivity)
-    else:
-        seg = segment(normalize_map(amap), s.threshold, s.min_size, s.connectivity)
+    pp = s.post
+    amap = paper_anomaly_map(res.input, rec, pp.median_size)  # (n, h, w)
+    seg = segment_map(amap, pp)
     paths = output_paths(item, out_dir)
     rows = [{"slice": int(z), "masked_fraction": float(res.masked_fraction[0, i]),
              "anomaly_sum": float(amap[i].sum()),  # both from the written (median-filtered) map
@@ -145,11 +131,10 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
     prov = {"input": str(item.path.resolve()), "input_kind": item.kind, "name": item.name,
             "outputs": {k: p.name for k, p in paths.items()},
             "shape": list(data.shape), "slices": idx if len(idx) <= 4096 else [idx[0], idx[-1]],
-            "segmentation": {"map": f"sum_c median_filter((x - x_rec)^2, {s.median_size})",
-                             "rule": ("map > abs_threshold" if s.abs_threshold is not None
-                                      else "normalize_map (1-99 percentile) > threshold"),
-                             "threshold": s.threshold, "abs_threshold": s.abs_threshold,
-                             "min_size": s.min_size, "connectivity": s.connectivity},
+            "segmentation": {"map": f"sum_c median_filter((x - x_rec)^2, {pp.median_size})",
+                             "rule": pp.rule(), "threshold": pp.threshold,
+                             "abs_threshold": pp.abs_threshold, "min_size": pp.min_size,
+                             "connectivity": pp.connectivity},
             "affine": None if affine is None else np.asarray(affine).tolist(),
             "orientation": orient,
             "detector": res.provenance, "command": " ".join(sys.argv), **(extra or {})}

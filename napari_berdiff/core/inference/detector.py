@@ -34,6 +34,7 @@ from .accel import autocast, maybe_compile, resolve_amp, to_channels_last
 from .batching import BatchPlan, available_memory, empty_slices, plan_batches
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from .device import resolve_device
+from .settings import DEFAULTS
 from ..diffusion.sampler import SamplerStep, drive, masked_sampler, resolve_seeds
 from ..diffusion.schedule import BernoulliSchedule, step_grid
 
@@ -198,10 +199,10 @@ class Detector:
         self,
         images,
         *,
-        L: int = 200,
-        P: float | Sequence[float] = 0.5,
+        L: int = DEFAULTS.L,
+        P: float | Sequence[float] = DEFAULTS.P,
         steps: int | None = None,
-        seed: int = 0,
+        seed: int = DEFAULTS.seed,
         indices: Sequence[int] | None = None,
         batch_size: int | str | None = "auto",
         normalize: str = "auto",

@@ -4,8 +4,8 @@ Each function accepts a single 2D map ``(H, W)`` or a stack ``(N, H, W)`` and th
 slice (percentiles, filtering and connected components never cross slices). Images and
 reconstructions are ``(C, H, W)`` for one slice or ``(N, C, H, W)`` for a stack.
 
-The napari widget and ``berdiff detect`` segment with ``segment(normalize_map(paper_anomaly_map(
-x, x_rec)))``; ``berdiff evaluate`` uses the same pieces.
+The napari widget and ``berdiff detect`` segment with ``segment_map(paper_anomaly_map(x, x_rec))``
+(the parameters: :class:`.settings.PostProcess`); ``berdiff evaluate`` uses the same pieces.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
+from .settings import POST, PostProcess
+
 __all__ = ["paper_anomaly_map", "normalize_map", "segment", "remove_small_components",
-           "median_filter_2d"]
+           "median_filter_2d", "segment_map"]
 
 _CHUNK = 1 << 16  # elements per plane of the sorting network: 26 planes stay in the CPU cache
 
@@ -121,7 +123,8 @@ def _stack(a: np.ndarray, ndim: int, what: str) -> tuple[np.ndarray, bool]:
     return arr, False
 
 
-def paper_anomaly_map(x: np.ndarray, x_rec: np.ndarray, median_size: int = 5) -> np.ndarray:
+def paper_anomaly_map(x: np.ndarray, x_rec: np.ndarray,
+                      median_size: int = POST.median_size) -> np.ndarray:
     """``sum_c median_filter((x_c - x_rec_c)^2)``: per-channel squared error, a
     ``median_size`` x ``median_size`` median filter per channel (within each slice; borders
     reflected as in scipy's default; :func:`median_filter_2d`), then the sum over channels. ``median_size <= 1`` skips the
@@ -138,7 +141,7 @@ def paper_anomaly_map(x: np.ndarray, x_rec: np.ndarray, median_size: int = 5) ->
     return out[0] if single else out
 
 
-def normalize_map(a: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+def normalize_map(a: np.ndarray, low: float = POST.low, high: float = POST.high) -> np.ndarray:
     """Clip each 2D map to its own ``[low, high]`` percentiles and min-max scale to [0, 1].
 
     A map whose clipped range is empty (constant, or constant between the percentiles) becomes
@@ -168,7 +171,8 @@ def _structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(2, conn)
 
 
-def remove_small_components(mask: np.ndarray, min_size: int = 10, connectivity: int = 2) -> np.ndarray:
+def remove_small_components(mask: np.ndarray, min_size: int = POST.min_size,
+                            connectivity: int = POST.connectivity) -> np.ndarray:
     """Drop connected components with fewer than ``min_size`` pixels (per slice); bool array.
 
     ``connectivity`` 2 (or 8) joins diagonal neighbours, 1 (or 4) only edge neighbours. The
@@ -192,8 +196,19 @@ def remove_small_components(mask: np.ndarray, min_size: int = 10, connectivity: 
     return out[0] if single else out
 
 
-def segment(a_norm: np.ndarray, threshold: float = 0.5, min_size: int = 10,
-            connectivity: int = 2) -> np.ndarray:
+def segment(a_norm: np.ndarray, threshold: float = POST.threshold, min_size: int = POST.min_size,
+            connectivity: int = POST.connectivity) -> np.ndarray:
     """Binary segmentation: ``a_norm > threshold``, then components smaller than ``min_size``
     pixels removed (see :func:`remove_small_components`). ``(H, W)`` or ``(N, H, W)``; bool."""
     return remove_small_components(np.asarray(a_norm) > threshold, min_size, connectivity)
+
+
+def segment_map(amap: np.ndarray, post: PostProcess = POST) -> np.ndarray:
+    """The segmentation of :func:`paper_anomaly_map` maps under ``post`` (bool, per slice): the
+    normalised map above ``post.threshold`` or, with ``post.abs_threshold``, the map itself above
+    that; then components smaller than ``post.min_size`` removed."""
+    if post.abs_threshold is not None:
+        return remove_small_components(np.asarray(amap) > post.abs_threshold, post.min_size,
+                                       post.connectivity)
+    return segment(normalize_map(amap, post.low, post.high), post.threshold, post.min_size,
+                   post.connectivity)
