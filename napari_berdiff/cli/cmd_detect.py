@@ -37,7 +37,8 @@ def register(sub) -> None:
     p = sub.add_parser("detect", help="detect anomalies in NIfTI volumes, BraTS cases or OCT "
                                       "images and write maps, segmentations and scores")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="files or folders (NIfTI, BraTS case folders, PNG/JPEG/TIFF images)")
+                   help="files or folders (NIfTI, BraTS case folders, DICOM series folders, "
+                        "PNG/JPEG/TIFF images; docs/inputs.md)")
     p.add_argument("--out", required=True,
                    help="output folder (inputs found in folders keep their relative paths there)")
     model_args.add_model_args(p)

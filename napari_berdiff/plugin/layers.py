@@ -242,3 +242,18 @@ def latent_geometry_kwargs(src: Any, axes: list[tuple[float, float]], lead: int 
     if units is not None:
         kw["units"] = ("pixel",) * lead + tuple(str(u) for u in units)
     return kw
+
+
+def volume_layer_kwargs(shape3: tuple[int, int, int], affine: np.ndarray, header: dict | None,
+                        source: str | None, **metadata) -> tuple:
+    """(orientation, layer kwargs) for a (X, Y, Z) volume with a NIfTI affine."""
+    orient, geom = layer_geometry(affine, shape3)
+    meta = {"affine": np.asarray(affine, float), "orientation": orient.to_dict(),
+            "voxel_shape": [int(s) for s in shape3], "source": source}
+    if header is not None:
+        meta["header"] = json_header(header)
+    meta.update(metadata)
+    kwargs = dict(geom, metadata=meta, axis_labels=("z", "y", "x"))
+    if "scale" in geom:
+        kwargs["units"] = ("mm", "mm", "mm")
+    return orient, kwargs

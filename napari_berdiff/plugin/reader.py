@@ -17,7 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from .layers import json_header, layer_geometry
+from .layers import volume_layer_kwargs  # noqa: F401 (sample_data imports it from here)
+from ..core.io.input_kinds import file_input_kind, folder_input_kind, unsupported_reason
 from ..core.io.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, IMAGE_EXTENSIONS,
                                 DataError, brats_modality_of, find_brats_case, is_nifti,
                                 load_image_2d, load_nifti)
@@ -36,6 +37,9 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
     if not paths:
         return None
     ps = [Path(p) for p in paths]
+    if len(ps) == 1 and (folder_input_kind(ps[0]) if ps[0].is_dir() else
+                         file_input_kind(ps[0]) or unsupported_reason(ps[0])):
+        return read_clinical  # DICOM folders and files
     if len(ps) == 1 and ps[0].is_dir():
         return read_folder if _folder_kind(ps[0]) else None
     if all(is_nifti(p) for p in ps):
@@ -46,6 +50,22 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
 
 
 # -- entry points (catch user-facing errors: notification, no traceback) ----------------------
+def read_clinical(path: str | list[str]) -> list[LayerData]:
+    """A DICOM folder or file (:mod:`.reader_clinical`)."""
+    from .reader_clinical import read_dicom_layers
+
+    p = Path(path if isinstance(path, (str, Path)) else path[0])
+    kind = folder_input_kind(p) if p.is_dir() else file_input_kind(p)
+    if kind is None:
+        reason = unsupported_reason(p) or f"{p.name} is not an input napari-berdiff reads"
+        return _guarded(p.name, _raise, DataError(p, reason))
+    return _guarded(p.name, read_dicom_layers, p)
+
+
+def _raise(err: Exception):
+    raise err
+
+
 def read_niftis(path: str | list[str]) -> list[LayerData]:
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     out: list[LayerData] = []
@@ -122,21 +142,6 @@ def _stem(p: Path) -> str:
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return p.stem
-
-
-def volume_layer_kwargs(shape3: tuple[int, int, int], affine: np.ndarray, header: dict | None,
-                        source: str | None, **metadata) -> tuple:
-    """(orientation, layer kwargs) for a (X, Y, Z) volume with a NIfTI affine."""
-    orient, geom = layer_geometry(affine, shape3)
-    meta = {"affine": np.asarray(affine, float), "orientation": orient.to_dict(),
-            "voxel_shape": [int(s) for s in shape3], "source": source}
-    if header is not None:
-        meta["header"] = json_header(header)
-    meta.update(metadata)
-    kwargs = dict(geom, metadata=meta, axis_labels=("z", "y", "x"))
-    if "scale" in geom:
-        kwargs["units"] = ("mm", "mm", "mm")
-    return orient, kwargs
 
 
 def read_nifti_layers(path: str | Path) -> list[LayerData]:

@@ -23,16 +23,21 @@ import numpy as np
 
 from ..io.batch_io import AtomicFiles, InputItem, output_paths, parse_slices
 from ..io.readers import DataError, find_brats_case, load_brats_case, load_image_2d, load_nifti
-from ..io.orientation import axcodes, canonical_zooms, from_canonical, orientation_of, to_canonical
+from ..io.input_kinds import CLINICAL_KINDS, load_clinical, model_order
+from ..io.orientation import canonical_zooms, from_canonical, to_canonical
 from .postprocess import paper_anomaly_map, segment_map
 from .settings import DetectSettings
 
 __all__ = ["DetectSettings", "load_item", "run_item"]
 
 
-def load_item(item: InputItem, channels: int) -> tuple[np.ndarray, np.ndarray | None, Any]:
+def load_item(item: InputItem, channels: int, names=None) -> tuple[np.ndarray, np.ndarray | None, Any]:
     """``(data, affine, nibabel header)``: volumes as (C, X, Y, Z) raw intensities, 2D images as
-    (1, H, W) in [0, 1] (affine and header None). Raises DataError naming the file."""
+    (1, H, W) in [0, 1] (affine and header None). DICOM and OCT volumes come from
+    :func:`..io.input_kinds.load_clinical` (header None; ``names``: the model's channel names,
+    which DICOM series are matched to). Raises DataError naming the file."""
+    if item.kind in CLINICAL_KINDS:
+        return load_clinical(item.kind, item.path, channels, names)[:2] + (None,)
     if item.kind == "brats_case":
         if channels != 4:
             raise DataError(item.path, f"{item.path.name} is a BraTS case (4 channels) but the "
@@ -69,9 +74,9 @@ def _check_modality(detector, item: InputItem) -> None:
     """Warn (stderr) when the input is plainly not what the model was trained on: the OCT model
     on a NIfTI volume or a BraTS case (a 4-channel model on a 2D image fails on its channels)."""
     modality = str((detector.meta or {}).get("modality") or "").lower()
-    if modality == "oct" and item.kind in ("nifti", "brats_case"):
+    if modality == "oct" and item.kind in ("nifti", "brats_case", "dicom"):
         print(f"berdiff detect: warning: {item.path.name}: the model was trained on OCT B-scans, "
-              "this is a NIfTI volume; its maps mean little", file=sys.stderr)
+              "this is an MR volume; its maps mean little", file=sys.stderr)
 
 
 def _nifti(path, data: np.ndarray, affine, header, dtype) -> None:
@@ -101,7 +106,7 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
     atomically; ``slices``: a ``--slices`` spec of the volume's axial slices. Returns a short
     summary."""
     C = detector.in_channels
-    data, affine, header = load_item(item, C)
+    data, affine, header = load_item(item, C, (detector.meta or {}).get("channel_names"))
     _check_modality(detector, item)
     kw = dict(L=s.L, P=[float(s.P)], steps=s.S, seed=s.seed, batch_size=batch_size,
               progress=progress)
@@ -111,14 +116,12 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
         res = detector.detect(data[None], indices=idx, **kw)
     else:
         # the model sees axial slices in RAS order whatever the file's voxel order (BraTS: LPS)
-        ornt = orientation_of(affine)
+        ornt, orient = model_order(item.kind, affine)  # OCT volumes: B-scans as displayed
         vol = to_canonical(data, ornt)
         n_z = vol.shape[-1]
         idx = parse_slices(slices, n_z) or list(range(n_z))
         res = detector.detect_volume(vol, slice_axis=-1, slices=idx,
                                      spacing=canonical_zooms(affine, ornt), **kw)
-        orient = {"file_voxel_order": axcodes(ornt), "model_voxel_order": "RAS",
-                  "slices": "axial, numbered from the feet up (--slices counts them so)"}
     rec = res.reconstruction[0]  # (n, C, h, w)
     pp = s.post
     amap = paper_anomaly_map(res.input, rec, pp.median_size)  # (n, h, w)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .readers import NIFTI_EXTENSIONS, is_image, is_nifti
+from .input_kinds import file_input_kind, folder_input_kind, unsupported_reason
 from .atomic import atomic_write_text, publish_mode  # noqa: F401 (atomic_write_text: re-exported)
 
 __all__ = ["InputItem", "discover_inputs", "output_paths", "check_outputs", "check_inputs_kept",
@@ -61,7 +62,8 @@ _LEGACY_PROVENANCE = "_provenance.json"  # before the _berdiff_ names: <stem>_pr
 
 @dataclass
 class InputItem:
-    """One unit of work: ``kind`` is ``brats_case``, ``nifti``, ``image`` or ``invalid``;
+    """One unit of work: ``kind`` is ``brats_case``, ``nifti``, ``image``, ``dicom`` (a DICOM
+    folder or file), ``oct_volume`` (an OCT volume export) or ``invalid``;
     ``name`` is the output stem (a relative path, ``/``-separated, for inputs found in folders)."""
 
     path: Path
@@ -155,16 +157,18 @@ def _walk(root: Path, out: Path | None, own: _OwnOutputs) -> list[InputItem]:
         rel = d.relative_to(root)
         dirnames[:] = [n for n in sorted(dirnames) if not n.startswith(".")
                        and (prune is None or _resolve(d / n) != prune)]
-        if _is_case_folder(d):
-            items.append(InputItem(d, "brats_case", rel.as_posix() if rel.parts else root_r.name))
+        kind = "brats_case" if _is_case_folder(d) else folder_input_kind(d)
+        if kind:
+            items.append(InputItem(d, kind, rel.as_posix() if rel.parts else root_r.name))
             dirnames[:] = []
             continue
         for f in sorted(filenames):
             p = d / f
-            if f.startswith(".") or not (is_nifti(p) or is_image(p)) or own(p):
+            if f.startswith(".") or own(p):
                 continue
-            items.append(InputItem(p, "nifti" if is_nifti(p) else "image",
-                                   (rel / strip_extension(f)).as_posix()))
+            kind = "nifti" if is_nifti(p) else "image" if is_image(p) else file_input_kind(p)
+            if kind:
+                items.append(InputItem(p, kind, (rel / strip_extension(f)).as_posix()))
     return items
 
 
@@ -187,8 +191,9 @@ def discover_inputs(paths: Sequence[str | Path], exclude: str | Path | None = No
         if not p.exists():
             items.append(InputItem(p, "invalid", p.name, error=f"input not found: {p}"))
         elif p.is_dir():
-            if _is_case_folder(p):
-                items.append(InputItem(p, "brats_case", _resolve(p).name))
+            kind = "brats_case" if _is_case_folder(p) else folder_input_kind(p)
+            if kind:
+                items.append(InputItem(p, kind, _resolve(p).name))
                 continue
             found = _walk(p, out, own)
             if found:
@@ -197,8 +202,9 @@ def discover_inputs(paths: Sequence[str | Path], exclude: str | Path | None = No
                 if skipped is not None:  # e.g. the output folder itself, from a shell glob
                     skipped.append(p)
             else:
-                items.append(InputItem(p, "invalid", p.name, error=f"no NIfTI, image or BraTS "
-                                                                   f"case under folder {p}"))
+                items.append(InputItem(p, "invalid", p.name, error=f"no NIfTI, image, DICOM, OCT "
+                                                                   f"volume or BraTS case under "
+                                                                   f"folder {p}"))
         elif own(p):
             if skipped is not None:
                 skipped.append(p)
@@ -206,10 +212,12 @@ def discover_inputs(paths: Sequence[str | Path], exclude: str | Path | None = No
             items.append(InputItem(p, "nifti", strip_extension(p.name)))
         elif is_image(p):
             items.append(InputItem(p, "image", strip_extension(p.name)))
+        elif file_input_kind(p):
+            items.append(InputItem(p, file_input_kind(p), strip_extension(p.name)))
         else:
-            items.append(InputItem(p, "invalid", p.name,
-                                   error=f"unsupported input (not NIfTI, PNG/JPEG/TIFF/BMP or a "
-                                         f"BraTS case folder): {p}"))
+            items.append(InputItem(p, "invalid", p.name, error=unsupported_reason(p) or (
+                f"unsupported input (not NIfTI, PNG/JPEG/TIFF/BMP, DICOM, an OCT volume export "
+                f"or a BraTS case folder): {p}")))
     seen: set[Path] = set()
     unique: list[InputItem] = []
     for it in items:
@@ -257,7 +265,7 @@ def check_inputs_kept(items: Sequence[InputItem], out_dir: str | Path) -> None:
             continue
         try:
             files = ([f for f in it.path.iterdir() if not is_own_output(f)]
-                     if it.kind == "brats_case" else [it.path])
+                     if it.path.is_dir() else [it.path])
         except OSError:
             continue
         for f in files:

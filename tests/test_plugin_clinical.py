@@ -1,0 +1,104 @@
+"""Clinical exports in a real napari viewer (Xvfb): DICOM series and OCT volumes open through the
+manifest with the geometry of the core readers, run through the widget, and agree with
+``berdiff detect``."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from _dicom_helpers import oblique_affine, stored_volume, write_series
+from _plugin_helpers import configure, run_and_wait
+from napari_berdiff.cli import main
+
+pytestmark = pytest.mark.gui
+
+SHAPE = (20, 24, 6)
+SERIES = {"flair": "AX T2 FLAIR", "t1": "t1_mprage_tra", "t1ce": "T1 MPRAGE +C", "t2": "T2 TSE AX"}
+FAST = ["--L", "20", "--steps", "4", "--device", "cpu", "--no-progress", "--threads", "1"]
+
+
+def _study(root, A):
+    from pydicom.uid import generate_uid
+
+    study, vols = generate_uid(), {}
+    for n, (mod, desc) in enumerate(SERIES.items()):
+        vols[mod] = stored_volume(SHAPE, seed=n) + 200.0 * (n + 1)
+        write_series(root / f"SE{n}", vols[mod], A, desc, series_number=n + 2, study_uid=study,
+                     transpose=True, reverse=True, seed=n)
+    return vols
+
+
+def test_a_dicom_study_opens_where_the_nifti_path_puts_it_and_runs_like_detect(
+        make_napari_viewer, qtbot, ckpt4, tmp_path):
+    A = oblique_affine()
+    vols = _study(tmp_path / "study", A)
+    nib.save(nib.Nifti1Image(vols["flair"], A), str(tmp_path / "flair.nii.gz"))
+    viewer = make_napari_viewer()
+    (ref,) = viewer.open(str(tmp_path / "flair.nii.gz"), plugin="napari-berdiff")
+    layers = viewer.open(str(tmp_path / "study"), plugin="napari-berdiff")
+    assert [ly.name for ly in layers] == ["study 2 AX T2 FLAIR", "study 3 t1_mprage_tra",
+                                          "study 4 T1 MPRAGE +C", "study 5 T2 TSE AX"]
+    assert [ly.metadata["modality"] for ly in layers] == ["flair", "t1", "t1ce", "t2"]
+    flair = layers[0]
+    assert flair.data.shape == (SHAPE[2], SHAPE[0], SHAPE[1])  # oblique: (k, j, i) of the series
+    # every voxel of the NIfTI layer finds its value at the same world position in the series
+    rng = np.random.default_rng(0)
+    for idx in rng.integers(0, ref.data.shape, size=(12, 3)):
+        world = ref.data_to_world(idx)
+        d = np.rint(flair.world_to_data(world)).astype(int)
+        np.testing.assert_allclose(flair.world_to_data(world), d, atol=1e-3)
+        assert flair.data[tuple(d)] == ref.data[tuple(idx)]
+    viewer.layers.remove(ref)
+    # the widget picks the four series and gives the model the slices detect gives it
+    dock, w = viewer.window.add_plugin_dock_widget("napari-berdiff", "Anomaly detection")
+    configure(w, ckpt4, L=20, steps=4, sweep="0.5", P=0.5, scope="all slices")
+    assert [cb.value.name for cb in w._combos] == [ly.name for ly in layers]
+    run_and_wait(qtbot, w)
+    rec = next(ly for ly in viewer.layers if ly.name == "study reconstruction FLAIR")
+    (path,) = [p for p in rec.save(str(tmp_path / "rec.nii.gz"), plugin="napari-berdiff")
+               if p.endswith(".nii.gz")]
+    out = tmp_path / "out"
+    assert main(["detect", str(tmp_path / "study"), "--model", str(ckpt4), "--out", str(out),
+                 *FAST]) == 0
+    theirs = nib.load(str(out / "study_berdiff_recon.nii.gz"))
+    assert np.asarray(theirs.dataobj).max() > 0
+    mine = nib.load(path)
+    np.testing.assert_allclose(mine.affine, theirs.affine, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(mine.dataobj), np.asarray(theirs.dataobj)[..., 0],
+                               atol=1e-5)
+
+
+def test_a_folder_with_a_refused_series_opens_the_others_with_one_warning(make_napari_viewer,
+                                                                           tmp_path, monkeypatch):
+    from napari_berdiff.plugin import reader_clinical
+
+    A = oblique_affine()
+    files = write_series(tmp_path / "dcm", stored_volume(SHAPE), A, "T2 TSE", shuffle_names=False)
+    write_series(tmp_path / "dcm", stored_volume(SHAPE, seed=1), A, "FLAIR", series_number=2,
+                 shuffle_names=False, prefix="FL")
+    files[2].unlink()  # T2 now misses a slice
+    warnings = []
+    monkeypatch.setattr(reader_clinical, "_notify_warning", warnings.append)
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(tmp_path / "dcm"), plugin="napari-berdiff")
+    assert [ly.name for ly in layers] == ["dcm 2 FLAIR"]
+    assert len(warnings) == 1 and "'1 T2 TSE'" in warnings[0] and "slice(s) missing" in warnings[0]
+
+
+def test_unsupported_and_broken_inputs_give_one_notification(make_napari_viewer, tmp_path,
+                                                             monkeypatch):
+    from napari_berdiff.plugin import reader as _reader
+
+    errors = []
+    monkeypatch.setattr(_reader, "_notify_error", errors.append)
+    files = write_series(tmp_path / "dcm", stored_volume(SHAPE), oblique_affine(), "T2",
+                         shuffle_names=False)
+    files[1].write_bytes(files[1].read_bytes()[:300])
+    viewer = make_napari_viewer()
+    for path in (tmp_path / "dcm",):
+        assert viewer.open(str(path), plugin="napari-berdiff") == []
+    assert len(viewer.layers) == 0 and len(errors) == 1
+    assert "IM00001 has no SeriesInstanceUID" in errors[0]
+    assert all("\n" not in e for e in errors)
