@@ -11,6 +11,7 @@ import pytest
 from _dicom_helpers import oblique_affine, stored_volume, write_series
 from _plugin_helpers import configure, run_and_wait
 from napari_berdiff.cli import main
+from napari_berdiff.plugin.reader import napari_get_reader
 
 pytestmark = pytest.mark.gui
 
@@ -93,12 +94,53 @@ def test_unsupported_and_broken_inputs_give_one_notification(make_napari_viewer,
 
     errors = []
     monkeypatch.setattr(_reader, "_notify_error", errors.append)
+    zeiss = tmp_path / "scan.fds"
+    zeiss.write_bytes(b"\0" * 64)
+    assert napari_get_reader(str(zeiss)) is not None
     files = write_series(tmp_path / "dcm", stored_volume(SHAPE), oblique_affine(), "T2",
                          shuffle_names=False)
     files[1].write_bytes(files[1].read_bytes()[:300])
     viewer = make_napari_viewer()
-    for path in (tmp_path / "dcm",):
+    for path in (zeiss, tmp_path / "dcm"):
         assert viewer.open(str(path), plugin="napari-berdiff") == []
-    assert len(viewer.layers) == 0 and len(errors) == 1
-    assert "IM00001 has no SeriesInstanceUID" in errors[0]
+    assert len(viewer.layers) == 0 and len(errors) == 2
+    assert "Topcon FDS file, which napari-berdiff cannot read" in errors[0]
+    assert "IM00001 has no SeriesInstanceUID" in errors[1]
     assert all("\n" not in e for e in errors)
+
+
+def test_an_oct_volume_opens_with_localizer_and_annotations_and_runs_like_detect(
+        make_napari_viewer, qtbot, ckpt1, tmp_path):
+    from _oct_helpers import LOC_SCALE, SPACING, bscans, eye_volume
+
+    imgs, masks, lines = bscans(3)
+    eye_volume(imgs, masks, lines).save(tmp_path / "scan.eye")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(tmp_path / "scan.eye"), plugin="napari-berdiff")
+    names = {ly.name: ly for ly in layers}
+    assert list(names) == ["scan localizer", "scan B-scan positions", "scan",
+                           "scan layer segmentation", "scan drusen"]
+    vol = names["scan"]
+    assert vol.data.shape == imgs.shape and vol.metadata["modality"] == "oct"
+    np.testing.assert_allclose(vol.scale, SPACING)
+    np.testing.assert_allclose(names["scan localizer"].scale, (LOC_SCALE, LOC_SCALE))
+    assert type(names["scan B-scan positions"]).__name__ == "Shapes"
+    assert len(names["scan B-scan positions"].data) == 3
+    np.testing.assert_array_equal(names["scan drusen"].data, masks)
+    seg = names["scan layer segmentation"]
+    np.testing.assert_allclose(seg.scale, SPACING)
+    k, x = 1, 300  # the BM line (third boundary) is drawn where the file puts it
+    assert seg.data[k, int(np.rint(lines["BM"][k, x])), x] == 3
+    dock, w = viewer.window.add_plugin_dock_widget("napari-berdiff", "Anomaly detection")
+    configure(w, ckpt1, L=20, steps=4, sweep="0.5", P=0.5, scope="all slices")
+    assert [cb.value.name for cb in w._combos] == ["scan"]
+    run_and_wait(qtbot, w)
+    rec = next(ly for ly in viewer.layers if ly.name.startswith("scan reconstruction"))
+    np.testing.assert_allclose(rec.scale, SPACING)
+    out = tmp_path / "out"
+    assert main(["detect", str(tmp_path / "scan.eye"), "--model", str(ckpt1), "--out", str(out),
+                 *FAST]) == 0
+    theirs = np.asarray(nib.load(str(out / "scan_berdiff_recon.nii.gz")).dataobj)
+    assert theirs.shape == (512, 496, 3) and theirs.max() > 0
+    np.testing.assert_allclose(np.transpose(theirs, (2, 1, 0)), rec.data, atol=1e-5)
+

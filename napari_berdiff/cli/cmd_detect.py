@@ -38,7 +38,7 @@ def register(sub) -> None:
                                       "images and write maps, segmentations and scores")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="files or folders (NIfTI, BraTS case folders, DICOM series folders, "
-                        "PNG/JPEG/TIFF images; docs/inputs.md)")
+                        "OCT volume exports, PNG/JPEG/TIFF images; docs/inputs.md)")
     p.add_argument("--out", required=True,
                    help="output folder (inputs found in folders keep their relative paths there)")
     model_args.add_model_args(p)

@@ -39,7 +39,7 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
     ps = [Path(p) for p in paths]
     if len(ps) == 1 and (folder_input_kind(ps[0]) if ps[0].is_dir() else
                          file_input_kind(ps[0]) or unsupported_reason(ps[0])):
-        return read_clinical  # DICOM folders and files
+        return read_clinical  # DICOM folders and files, OCT volume exports
     if len(ps) == 1 and ps[0].is_dir():
         return read_folder if _folder_kind(ps[0]) else None
     if all(is_nifti(p) for p in ps):
@@ -51,15 +51,16 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
 
 # -- entry points (catch user-facing errors: notification, no traceback) ----------------------
 def read_clinical(path: str | list[str]) -> list[LayerData]:
-    """A DICOM folder or file (:mod:`.reader_clinical`)."""
-    from .reader_clinical import read_dicom_layers
+    """A DICOM folder / file or an OCT volume export (:mod:`.reader_clinical`)."""
+    from .reader_clinical import read_dicom_layers, read_oct_volume_layers
 
     p = Path(path if isinstance(path, (str, Path)) else path[0])
     kind = folder_input_kind(p) if p.is_dir() else file_input_kind(p)
     if kind is None:
         reason = unsupported_reason(p) or f"{p.name} is not an input napari-berdiff reads"
         return _guarded(p.name, _raise, DataError(p, reason))
-    return _guarded(p.name, read_dicom_layers, p)
+    fn = read_dicom_layers if kind == "dicom" else read_oct_volume_layers
+    return _guarded(p.name, fn, p)
 
 
 def _raise(err: Exception):

@@ -2,8 +2,9 @@
 writing outputs atomically.
 
 Inputs (:func:`discover_inputs`): BraTS case folders (``*_flair.nii.gz`` etc.), NIfTI files
-(``.nii``/``.nii.gz``) and 2D images (PNG, JPEG, TIFF, BMP), given directly or found recursively in
-folders (a BraTS case folder is one input; its files are not listed separately). The search never
+(``.nii``/``.nii.gz``), 2D images (PNG, JPEG, TIFF, BMP), DICOM series and study folders and OCT
+volume exports (:mod:`.input_kinds`), given directly or found recursively in folders (a BraTS
+case, DICOM or Heyex XML export folder is one input; its files are not listed separately). The search never
 enters the output folder and skips files that are outputs of ``berdiff detect`` (named
 ``*_berdiff_<kind>.<ext>``, or listed by a provenance JSON beside them), so results written inside
 an input folder are never taken for inputs.

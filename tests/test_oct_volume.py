@@ -1,0 +1,172 @@
+"""OCT volume exports through eyepy: a Heyex XML export and an eyepy-saved EyeVolume written in the
+test from generated B-scans, read back exactly, run through ``berdiff detect`` (each B-scan as
+the model input a single B-scan image gives), and the bad inputs (one line each, nothing
+written)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+
+from _oct_helpers import LOC_SCALE, SPACING, X0, Y0, bscans, eye_volume, write_heyex_xml
+from napari_berdiff.cli import main
+from napari_berdiff.core.io.oct_volume import load_oct_volume, oct_affine
+from napari_berdiff.core.io.readers import DataError
+
+FAST = ["--L", "6", "--steps", "3", "--device", "cpu", "--no-progress", "--threads", "1"]
+N = 4
+
+
+@pytest.fixture(scope="module")
+def scans():
+    return bscans(N)
+
+
+@pytest.mark.parametrize("open_as", ["folder", "xml"])
+def test_a_heyex_xml_export_reads_back_exactly(scans, tmp_path, open_as):
+    imgs, _, lines = scans
+    xml = write_heyex_xml(tmp_path / "export", imgs, lines)
+    ov = load_oct_volume(tmp_path / "export" if open_as == "folder" else xml)
+    assert ov.data.shape == imgs.shape and ov.data.dtype == np.float32
+    np.testing.assert_allclose(ov.data, imgs / 255.0, atol=1e-6)
+    np.testing.assert_allclose(ov.spacing, SPACING, rtol=1e-6)
+    assert ov.unit == "mm" and ov.info["laterality"] == "OD"
+    assert list(ov.layers) == ["ILM", "RPE", "BM"] and not ov.maps
+    for name, h in lines.items():
+        np.testing.assert_allclose(ov.layers[name], h, atol=1e-4)
+    assert ov.localizer.shape == (256, 256) and ov.localizer_spacing == (LOC_SCALE, LOC_SCALE)
+    # B-scan k lies on localizer row (Y0 + (N-1-k) * spacing) / pixel size, from X0 across
+    rows = (Y0 + (N - 1 - np.arange(N)) * SPACING[0]) / LOC_SCALE
+    np.testing.assert_allclose(ov.bscan_lines[:, 0, 0], rows)
+    np.testing.assert_allclose(ov.bscan_lines[:, :, 1], [[X0 / LOC_SCALE,
+                               (X0 + 511 * SPACING[2]) / LOC_SCALE]] * N)
+
+
+def test_an_eyepy_saved_volume_keeps_its_drusen_annotation(scans, tmp_path):
+    imgs, masks, lines = scans
+    eye_volume(imgs, masks, lines).save(tmp_path / "scan.eye")
+    ov = load_oct_volume(tmp_path / "scan.eye")
+    np.testing.assert_allclose(ov.data, imgs / 255.0, atol=1e-6)
+    assert list(ov.maps) == ["drusen"] and masks.any()
+    np.testing.assert_array_equal(ov.maps["drusen"], masks)
+    np.testing.assert_allclose(ov.layers["BM"], lines["BM"], atol=1e-4)
+    np.testing.assert_allclose(ov.spacing, SPACING)
+
+
+def test_detect_runs_each_bscan_as_the_image_alone_would(ckpt1, scans, tmp_path, capsys):
+    from PIL import Image
+
+    imgs, _, lines = scans
+    write_heyex_xml(tmp_path / "in" / "eye1", imgs, lines)
+    Image.fromarray(imgs[0]).save(tmp_path / "bscan0.png")
+    out = tmp_path / "out"
+    rc = main(["detect", str(tmp_path / "in"), str(tmp_path / "bscan0.png"), "--model", str(ckpt1),
+               "--out", str(out), *FAST])
+    assert rc == 0, capsys.readouterr().err
+    a = nib.load(str(out / "eye1_berdiff_anomaly.nii.gz"))  # the export folder's name
+    assert a.shape == (512, 496, N)  # (A-scan, depth, B-scan): B-scans on a NIfTI viewer's slider
+    np.testing.assert_allclose(a.affine, oct_affine(SPACING), atol=1e-6)
+    amap = np.asarray(a.dataobj)
+    assert amap.max() > 0
+    # B-scan 0 (seed index 0) gives exactly what the same B-scan as a PNG gives
+    alone = tifffile.imread(out / "bscan0_berdiff_anomaly.tif")
+    np.testing.assert_allclose(amap[:, :, 0].T, alone, rtol=1e-5, atol=1e-6)
+    rows = list(csv.DictReader(open(out / "eye1_berdiff_scores.csv")))
+    assert [int(r["slice"]) for r in rows] == list(range(N))
+    prov = json.loads((out / "eye1_berdiff_provenance.json").read_text())
+    assert prov["input_kind"] == "oct_volume"
+    assert prov["orientation"]["model_voxel_order"] == "depth, A-scan, B-scan"
+
+
+def _fails(ckpt, path, out, capsys, *extra):
+    rc = main(["detect", str(path), "--model", str(ckpt), "--out", str(out), *FAST, *extra])
+    err = capsys.readouterr().err
+    failed = [ln for ln in err.splitlines() if ln.startswith("berdiff detect: failed:")]
+    assert rc == 1 and len(failed) == 1, err
+    assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
+    return failed[0]
+
+
+def test_bscans_of_different_sizes(ckpt1, scans, tmp_path, capsys):
+    from PIL import Image
+
+    imgs, _, _ = scans
+    write_heyex_xml(tmp_path / "ex", imgs)
+    Image.fromarray(imgs[2, :480]).save(tmp_path / "ex" / "export_002.png")
+    line = _fails(ckpt1, tmp_path / "ex", tmp_path / "out", capsys)
+    assert "the B-scans of export.xml differ in size: export_002.png is 512x480" in line
+
+
+def test_a_missing_bscan_image(ckpt1, scans, tmp_path, capsys):
+    write_heyex_xml(tmp_path / "ex", scans[0])
+    (tmp_path / "ex" / "export_001.png").unlink()
+    line = _fails(ckpt1, tmp_path / "ex" / "export.xml", tmp_path / "out", capsys)
+    assert "lists export_001.png, which is not in its folder" in line
+
+
+def test_a_truncated_vol_and_a_vol_of_another_vendor(ckpt1, tmp_path, capsys):
+    (tmp_path / "cut.vol").write_bytes(b"HSF-OCT-103\0" + b"\0" * 500)  # header cut short
+    line = _fails(ckpt1, tmp_path / "cut.vol", tmp_path / "out", capsys)
+    assert "cannot read cut.vol as a Heidelberg VOL file (truncated or corrupt" in line
+    (tmp_path / "other.vol").write_bytes(b"\x00VOLUME\x00" * 100)
+    line = _fails(ckpt1, tmp_path / "other.vol", tmp_path / "out", capsys)
+    assert "other.vol is not a Heidelberg VOL file" in line
+
+
+def test_a_truncated_eye_file(ckpt1, scans, tmp_path, capsys):
+    imgs, masks, lines = scans
+    eye_volume(imgs, masks, lines).save(tmp_path / "scan.eye")
+    data = (tmp_path / "scan.eye").read_bytes()
+    (tmp_path / "scan.eye").write_bytes(data[: len(data) // 2])
+    line = _fails(ckpt1, tmp_path / "scan.eye", tmp_path / "out", capsys)
+    assert "cannot read scan.eye as an eyepy .eye file (truncated or corrupt" in line
+
+
+@pytest.mark.parametrize("name,vendor", [("scan.img", "a Zeiss Cirrus export"),
+                                         ("scan.fds", "a Topcon FDS file")])
+def test_an_unsupported_vendor_is_named(ckpt1, tmp_path, capsys, name, vendor):
+    (tmp_path / name).write_bytes(b"\0" * 512)
+    line = _fails(ckpt1, tmp_path / name, tmp_path / "out", capsys)
+    assert f"{name} is {vendor}, which napari-berdiff cannot read" in line
+
+
+def test_a_volume_for_a_four_channel_model(ckpt4, scans, tmp_path, capsys):
+    write_heyex_xml(tmp_path / "ex", scans[0])
+    line = _fails(ckpt4, tmp_path / "ex", tmp_path / "out", capsys)
+    assert "is an OCT volume (one channel) but the model expects 4 channels" in line
+
+
+def test_without_eyepy_one_line_says_how_to_install(scans, tmp_path, monkeypatch):
+    write_heyex_xml(tmp_path / "ex", scans[0][:2])
+    monkeypatch.setitem(sys.modules, "eyepy", None)
+    with pytest.raises(DataError, match=r"pip install 'napari-berdiff\[oct\]'"):
+        load_oct_volume(tmp_path / "ex")
+
+
+def test_figures_against_the_files_drusen_annotation(ckpt1, scans, tmp_path, capsys):
+    from napari_berdiff.core.evaluation.reference import reference_figures
+    from napari_berdiff.core.io.oct_volume import oct_nifti_order
+
+    imgs, masks, lines = scans
+    eye_volume(imgs, masks, lines).save(tmp_path / "scan.eye")
+    out = tmp_path / "out"
+    assert main(["detect", str(tmp_path / "scan.eye"), "--model", str(ckpt1), "--out", str(out),
+                 *FAST]) == 0, capsys.readouterr().err
+    ref = load_oct_volume(tmp_path / "scan.eye").maps["drusen"]
+    amap, seg = (oct_nifti_order(np.asarray(nib.load(str(out / f"scan_berdiff_{k}.nii.gz")).dataobj))
+                 for k in ("anomaly", "mask"))
+    assert amap.shape == seg.shape == ref.shape == imgs.shape
+    fig = reference_figures(amap, seg, ref)
+    n = int(sum(m.any() for m in masks))
+    assert fig["slices_with_annotation"] == n == fig["dice"]["n"] == fig["auprc"]["n"] > 0
+    assert 0.0 <= fig["dice"]["mean"] <= 1.0 and 0.0 < fig["auprc_pooled"] < 1.0
+    perfect = reference_figures(ref.astype(float), ref, ref)
+    assert perfect["dice"]["mean"] == 1.0 and perfect["auprc_pooled"] == 1.0
+    worst = reference_figures(1.0 - ref, ~ref, ref)
+    assert worst["dice"]["mean"] == 0.0 and worst["auprc_pooled"] < fig["auprc_pooled"]
