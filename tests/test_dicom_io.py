@@ -111,6 +111,9 @@ def test_a_study_is_matched_to_the_models_channels(ckpt4, tmp_path, capsys, flat
     assert rc == 0, capsys.readouterr().err
     rec = nib.load(str(out / "study_berdiff_recon.nii.gz"))
     assert rec.shape == SHAPE + (4,)
+    prov = json.loads((out / "study_berdiff_provenance.json").read_text())
+    assert [s["label"] for s in prov["input_info"]["series"]] == [
+        "2 AX T2 FLAIR", "3 t1_mprage_tra", "4 T1 MPRAGE +C", "5 T2 TSE AX"]
     np.testing.assert_allclose(rec.affine, affine, atol=1e-5)
 
 

@@ -82,6 +82,8 @@ def test_detect_runs_each_bscan_as_the_image_alone_would(ckpt1, scans, tmp_path,
     prov = json.loads((out / "eye1_berdiff_provenance.json").read_text())
     assert prov["input_kind"] == "oct_volume"
     assert prov["orientation"]["model_voxel_order"] == "depth, A-scan, B-scan"
+    assert prov["input_info"]["n_bscans"] == N and prov["input_info"]["reader"] == "eyepy xml"
+    np.testing.assert_allclose(prov["input_info"]["spacing"], SPACING, rtol=1e-6)
 
 
 def _fails(ckpt, path, out, capsys, *extra):

@@ -37,7 +37,8 @@ def load_item(item: InputItem, channels: int, names=None) -> tuple[np.ndarray, n
     :func:`..io.input_kinds.load_clinical` (header None; ``names``: the model's channel names,
     which DICOM series are matched to). Raises DataError naming the file."""
     if item.kind in CLINICAL_KINDS:
-        return load_clinical(item.kind, item.path, channels, names)[:2] + (None,)
+        data, affine, item.info = load_clinical(item.kind, item.path, channels, names)
+        return data, affine, None
     if item.kind == "brats_case":
         if channels != 4:
             raise DataError(item.path, f"{item.path.name} is a BraTS case (4 channels) but the "
@@ -132,6 +133,7 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
              "anomaly_max": float(amap[i].max()), "seg_pixels": int(seg[i].sum())}
             for i, z in enumerate(idx)]
     prov = {"input": str(item.path.resolve()), "input_kind": item.kind, "name": item.name,
+            **({"input_info": item.info} if item.info else {}),
             "outputs": {k: p.name for k, p in paths.items()},
             "shape": list(data.shape), "slices": idx if len(idx) <= 4096 else [idx[0], idx[-1]],
             "segmentation": {"map": f"sum_c median_filter((x - x_rec)^2, {pp.median_size})",

@@ -71,6 +71,7 @@ class InputItem:
     kind: str
     name: str = ""
     error: str | None = None
+    info: dict | None = None  # what the reader found (DICOM series per channel, OCT spacing)
 
     @property
     def is_2d(self) -> bool:
