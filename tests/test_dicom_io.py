@@ -213,3 +213,17 @@ def test_without_pydicom_one_line_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom", None)
     with pytest.raises(DataError, match=r"pip install 'napari-berdiff\[dicom\]'"):
         scan_dicom(tmp_path / "dcm")
+
+
+def test_one_file_stands_for_its_series(ckpt1, tmp_path, capsys):
+    A = oblique_affine()
+    t2 = write_series(tmp_path / "dcm", stored_volume(SHAPE), A, "T2 TSE", prefix="T2_")
+    write_series(tmp_path / "dcm", stored_volume(SHAPE, seed=1), A, "FLAIR", series_number=2,
+                 prefix="FL_")
+    (series,) = scan_dicom(t2[0])
+    assert series.label == "1 T2 TSE" and sorted(series.files) == sorted(t2)
+    out = tmp_path / "out"
+    rc = main(["detect", str(t2[0]), "--model", str(ckpt1), "--out", str(out), *FAST])
+    assert rc == 0, capsys.readouterr().err
+    prov = json.loads((out / f"{t2[0].name}_berdiff_provenance.json").read_text())
+    assert prov["input_kind"] == "dicom" and prov["input_info"]["series_description"] == "T2 TSE"
