@@ -1,28 +1,8 @@
-"""Speed benchmark (issue 6): network, sampler overhead, whole volumes, memory, few-step speed-up.
+"""Speed benchmark: network, sampler overhead, whole volumes, memory, few-step speed-up.
 
-For each model configuration it prints, in one run:
+Random weights (speed does not depend on training); the columns are explained in docs/benchmarks.md::
 
-- ``fwd b1`` / ``fwd bB``: ms per U-Net forward (flip probabilities, as the sampler calls it:
-  autocast / channels_last / compile as requested) at batch 1 and batch B;
-- ``S=...``: the masked sampler's wall time for one slice at L and each S of ``--steps``
-  (default S = L and S = 20; the fastest of 3 runs, 1 for the paper model on the CPU), and
-  ``ovh``: its overhead over the network's own cost, ``sampler time / (sum of the times of its
-  S network calls) - 1`` (target <= 10%; the JSON also has it against S x the isolated forward
-  time, which a loaded machine inflates);
-- ``speed-up``: sampler time at the first S over the last (S = 200 over S = 20 by default);
-- ``vol``: slices per second (and seconds per slice) for a whole generated volume of
-  ``--slices`` slices (155 like BraTS) through :meth:`Detector.detect_volume` at L and
-  ``--volume-steps`` (default 20), batch size ``--batch-size`` (default auto); the volume has
-  empty slices at both ends like a real head scan, which the detector skips (reported);
-- with ``--compile`` the compilation happens in untimed warm-up runs;
-- ``peak``: peak memory of the volume run: RSS on the CPU (the process's high-water mark, reset
-  before the run where Linux allows; includes the ~250 MB of the loaded libraries),
-  ``torch.cuda.max_memory_allocated`` on CUDA; in brackets the rise over the memory in use at
-  the start of the run; and the batch planner's choice.
-
-Random weights (speed does not depend on training). Examples::
-
-    .venv/bin/python benchmarks/bench_speed.py --configs paper small          # the issue's table
+    .venv/bin/python benchmarks/bench_speed.py --configs paper small          # the docs' table
     .venv/bin/python benchmarks/bench_speed.py --configs tiny --slices 8      # smoke test, seconds
     .venv/bin/python benchmarks/bench_speed.py --device cuda --amp auto --channels-last --json out.json
 """

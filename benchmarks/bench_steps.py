@@ -1,10 +1,6 @@
-"""Few-step sampling: accuracy and cost of S strided steps against S = L (issue "Speed").
+"""Few-step sampling: accuracy and cost of S strided steps against S = L.
 
-For a trained model and a prepared test split, runs the detector at L with every S in ``--steps``
-(all P of ``--P`` in one batch) and prints, per (S, P): paper-protocol Dice and AUPRC (mean over
-the diseased test slices), the image AUROC of the masked fraction, the network evaluations per
-trajectory and the wall time; the difference to S = L and the speed-up. Writes ``steps.csv``,
-``steps.md`` and ``steps.png`` (Dice and time against S) into ``--out`` when given.
+Prints per (S, P) Dice, AUPRC, image AUROC, network evaluations and time (docs/benchmarks.md)::
 
     .venv/bin/python benchmarks/bench_steps.py data/prep_brats128_heldout --bundled brats \
         --L 200 --steps 200 100 50 20 10 --P 0.3 0.5 --max-slices 40 --out docs/results/steps_brats

@@ -1,10 +1,6 @@
 """Training throughput benchmark: samples/s of one optimisation step of each stage.
 
-Runs the real training steps (``AutoencoderTask.train_step`` / ``DiffusionTask.train_step``:
-forward, loss, backward, optimiser, EMA; mixed precision on CUDA as in training) on a fixed random
-batch, after a warm-up, for each configuration. The autoencoder is timed without and with the
-adversarial term (the step after ``gan_start`` adds the discriminator's forward/backward and the
-adaptive weight). Data loading is not included (prepared data is memory-mapped uint8).
+Times the real training steps on a fixed random batch (no data loading; docs/benchmarks.md)::
 
     .venv/bin/python benchmarks/bench_training.py [--configs tiny small] [--channels 4]
         [--device cpu] [--threads N] [--steps 5] [--warmup 2] [--amp auto]

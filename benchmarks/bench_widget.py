@@ -4,17 +4,7 @@
     .venv/bin/python benchmarks/bench_widget.py                        # re-runs itself under xvfb-run
     .venv/bin/python benchmarks/bench_widget.py --preset tiny --json out.json
 
-Measures, in a real (shown) viewer with the sample BraTS-like case (40 slices, 240x240):
-
-1. P swap: time from setting the P slider to a swept value until the output layers hold the new
-   arrays (the slot, synchronous) and until the canvas has repainted (``processEvents``), after a
-   run over one slice and over a range of slices (``--range``, default 10; 9 swept P values);
-   the output layers always span the whole 40-slice volume;
-2. responsiveness: a 10 ms QTimer runs while the sampler works in its thread worker; reported are
-   the gaps between its ticks (the GUI thread's longest stall) and the run time.
-
-The model is the bundled BraTS model when present, else a randomly initialised one of ``--preset``
-(default "small": the bundled models' configuration, so the cost is representative).
+What it measures: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -3,13 +3,8 @@
     .venv/bin/python scripts/screenshots.py                 # bundled models, PNGs into docs/images/
     .venv/bin/python scripts/screenshots.py --random-models # no bundled model yet: random "small" ones
 
-Without a display the script re-runs itself under ``xvfb-run -a``. Each scene is what ``berdiff
-demo`` opens, run with the widget's defaults (L=200, S=20, P=0.5 with a P sweep):
-
-- ``brats_widget.png``: the BraTS-like case, a range of slices through the tumour, anomaly map and
-  segmentation over FLAIR, the widget and the masked-fraction plot;
-- ``brats_mask_evolution.png``: the latent mask at the last step over FLAIR;
-- ``oct_side_by_side.png``: an OCT B-scan with drusen: input | reconstruction | difference.
+Each scene is what ``berdiff demo`` opens, run with the widget's defaults: ``brats_widget.png``,
+``brats_mask_evolution.png`` and ``oct_side_by_side.png``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Metrics and post-processing on hand-computed cases (SPEC section 8)."""
+"""Metrics and post-processing on hand-computed cases (docs/method.md §8)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tests of the two networks, their configs and presets (SPEC section 6)."""
+"""Tests of the two networks, their configs and presets (docs/method.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Invariants of the masked sampler (SPEC section 5, Algorithm 1)."""
+"""Invariants of the masked sampler (docs/method.md §5, Algorithm 1)."""
 
 import pytest
 import torch

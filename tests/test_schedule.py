@@ -1,4 +1,4 @@
-"""Schedule, forward process and posterior against the test vectors of SPEC sections 1-3."""
+"""Schedule, forward process and posterior against the test vectors of docs/method.md §1-§3."""
 
 import numpy as np
 import pytest

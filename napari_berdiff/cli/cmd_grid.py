@@ -1,12 +1,9 @@
 """``berdiff grid PREPARED_DIR --model CKPT --L 50 100 200 --P 0.1 0.3 0.5 --out DIR``: the paper's
 Fig. 3 on your data.
 
-Writes into ``--out``: ``grid.csv`` (one row per (L, P): paper-protocol Dice and AUPRC, image
-AUROC and medians of the masked fraction), ``grid_dice.png`` (Dice heatmap over L and P, Fig. 3
-left), ``masked_fraction_box.png`` (masked fraction of healthy vs diseased slices for the chosen
-L and every P, Fig. 3 right), ``grid_slices.csv`` (per slice and (L, P): masked fraction, Dice) and
-``grid.json`` (settings and cells). Each L is one detector sweep over all P. Existing files are kept
-unless ``--overwrite``.
+Each L is one detector sweep over all P; writes ``grid.csv``, ``grid_dice.png``,
+``masked_fraction_box.png``, ``grid_slices.csv`` and ``grid.json`` into ``--out`` (docs/cli.md),
+keeping existing files unless ``--overwrite``.
 """
 
 from __future__ import annotations

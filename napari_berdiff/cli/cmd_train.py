@@ -1,15 +1,8 @@
 """``berdiff train-ae`` and ``berdiff train-diffusion``: train the two networks on a prepared
-dataset directory (``python -m src_training.prepare ...``).
+dataset directory.
 
-Both write into ``--out``: ``last.pt`` (every ``--ckpt-every`` steps; rerunning the same command
-continues from it), ``log.jsonl``, ``loss.png``, ``samples/`` and at the end the model file
-(``autoencoder.pt`` / ``model.pt``, EMA weights) that the napari widget and ``berdiff`` load.
-
-Several processes (one per GPU, or CPU processes with gloo) through torchrun::
-
-    torchrun --nproc_per_node=2 -m napari_berdiff.cli train-ae DATA --out DIR [options]
-
-(the same for ``train-diffusion``). ``--batch-size`` is per process.
+Both write ``last.pt`` (resumable), ``log.jsonl``, ``loss.png``, ``samples/`` and the final model
+file into ``--out``; both run under torchrun, ``--batch-size`` per process (docs/training.md).
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """Turn raw datasets into prepared directories for training and evaluation.
 
-* :func:`prepare_brats` - BraTS2020/2021/2023 case folders -> 4-channel axial slices (docs/method.md §9)
-* :func:`prepare_oct` - OCT2017 (Kermany) class folders -> 1-channel images (see ``prepare_oct``)
-* :func:`prepare_folder` - any folder of NIfTI volumes or 2D images, all healthy training data
-
-The on-disk format is described in :mod:`src_training.prepare.prepared_format`; reading it back is
-:mod:`src_training.train.datasets`. Every run writes into ``<out_dir>.tmp-XXXX`` and renames it to
-``out_dir`` only when complete; an existing ``out_dir`` is replaced only with ``overwrite=True``.
-
-Command line::
-
-    python -m src_training.prepare brats  SRC OUT [--image-size 256] [--split 0.7 0.1 0.2] ...
-    python -m src_training.prepare oct    SRC OUT [--image-size 256] [--keep-aspect] ...
-    python -m src_training.prepare folder SRC OUT --image-size 128 [--channels 1] ...
+:func:`prepare_brats` (BraTS case folders), :func:`prepare_oct` (OCT2017) and
+:func:`prepare_folder` (any folder of healthy volumes or images) write a complete directory or
+nothing (format: :mod:`src_training.prepare.prepared_format`, docs/design-notes.md).
 """
 
 from __future__ import annotations

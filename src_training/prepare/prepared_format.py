@@ -1,22 +1,7 @@
 """On-disk format of a prepared dataset directory (written by :mod:`src_training.prepare`).
 
-A prepared directory holds plain ``.npy`` files (memory-mappable) and JSON::
-
-    meta.json                   format/version, dataset kind, channel names, image_size, storage,
-                                normalisation, geometry, counts per split, files, skipped inputs
-    split.json                  seed, fractions, the case ids (or files) of each split, parameters
-    train_healthy.npy           (N, C, S, S) uint8: healthy training slices
-    train_healthy_index.npz     case_id (N,) str, slice_index (N,) int32, healthy (N,) bool, ...
-    val_images.npy              (M, C, S, S) uint8: every kept slice of the split
-    val_labels.npy              (M, S, S) uint8 binary anomaly mask (BraTS: seg > 0)
-    val_raw_labels.npy          (M, S, S) uint8 raw labels (BraTS 0/1/2/4, BraTS2023 0/1/2/3);
-                                only where they exist
-    val_index.npz               case_id, slice_index, healthy [, class_name, has_mask, source]
-    test_*                      as val_*
-
-Storage: images are quantised to uint8, ``stored = round(255 * x)`` for x in [0, 1]
-(decode with ``stored / 255``; the error is at most 1/510). Splits without samples still have
-their files, with a leading dimension of 0.
+Plain ``.npy`` files (memory-mappable, images as uint8 ``round(255 * x)``) and JSON; the file
+list is in docs/design-notes.md ("Prepared dataset format").
 """
 
 from __future__ import annotations

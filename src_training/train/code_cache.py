@@ -1,14 +1,8 @@
 """Encode the training images once: the diffusion stage then trains at the U-Net's own speed.
 
-The autoencoder is frozen during diffusion training, so its Bernoulli probabilities ``E(x)`` of a
-training image never change. docs/method.md §4 asks for a fresh stochastic code ``z_0 ~ Bernoulli(E(x))`` at
-every step; drawing it from cached probabilities is the same distribution, without running the
-encoder on every batch (on the CPU the encoder cost as much as the small U-Net's forward and
-backward pass). With left-right flips the cache holds the codes of both orientations (the encoder
-is not flip-equivariant) and each item picks one with probability 0.5, as the image dataset does.
-
-Probabilities are kept in float16 (an error below 5e-4 on a probability; the bits drawn from it
-differ from the float32 draw with that probability at most).
+The autoencoder is frozen, so drawing each step's code from cached float16 probabilities is the
+same distribution as encoding each batch (docs/method.md §4); with flips both orientations are
+cached (docs/design-notes.md, "Training internals").
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """Content mixing for autoencoder training: teach the autoencoder to reproduce what it never saw.
 
-The method needs an autoencoder that reconstructs anomalies about as well as healthy tissue (SPEC
-8): the diffusion model, not the autoencoder's blur, is meant to remove them. An autoencoder trained
-on healthy slices alone learns the healthy anatomy as a prior and smooths anything else away, and a
-small CPU-trained one does so markedly (a PSNR gap of 2-3 dB between diseased and healthy slices).
-
-:func:`content_mix` makes training images with content that is out of place: into a healthy slice
-it pastes one irregular, soft-edged region cut from another healthy slice of the batch (shifted at
-random), with a random gain and offset per channel, so both the place and the contrast of what is
-pasted are new. The autoencoder's target is the mixed image itself (identity), so it learns to
-reproduce local content whatever the anatomy around it. Only healthy training images are used; no
-lesion model and no label enter. It is an addition to docs/method.md §7 (off by default), in the spirit of
-foreign-patch and cut-paste augmentations used in anomaly detection, here used the other way round:
-to make the reconstruction faithful, not to train a detector.
+Pastes a soft-edged region of another healthy slice, with new contrast, into each image; the
+target is the mixed image itself. Off by default (``train-ae --content-mix``; docs/method.md §7,
+docs/design-notes.md).
 """
 
 from __future__ import annotations

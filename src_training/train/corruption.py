@@ -1,22 +1,8 @@
 """Structured corruption of the clean code for diffusion training (``--corruption``).
 
-The paper trains the U-Net on i.i.d. bit flips only, so it learns to spot isolated inconsistent
-bits; an anomaly is a coherent pattern of bits that is wrong only in its context. With a kind other
-than ``iid``, a share of the training codes gets a coherent wrong region *before* the usual forward
-noise, and the target stays the flips relative to the clean code, ``z_t XOR z_0``: the U-Net learns
-to flag such regions as flipped, which is what the mask ``eps_hat > P`` needs. Only healthy
-training data is used (no lesion model, no labels):
-
-- ``patch``: the region takes the bits of another training code of the batch, shifted;
-- ``blob``: the bits inside the region flip at random (coarse noise);
-- ``image``: the image gets a region of another training image with new contrast
-  (:func:`~src_training.train.content_mix.content_mix`) and is encoded; the clean and mixed codes are
-  drawn with the same uniforms, so they differ where the encoder sees the pasted content.
-
-Regions are smooth random blobs (a bicubically upsampled coarse Gaussian field thresholded to
-cover a random share of the latent cells) or axis-aligned boxes. All randomness comes from the
-global torch generator, which the training loop saves and restores, so runs are seeded and resume
-bit-exactly. ``iid`` (the default) is the paper exactly.
+A share of the training codes gets a coherent wrong region (``patch``, ``blob`` or ``image``)
+before the usual noise; the target stays ``z_t XOR z_0``. ``iid``, the default, is the paper
+(docs/method.md §11.1, docs/design-notes.md).
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """Distributed data parallel (DDP) helpers; every entry point also works without ``torchrun``.
 
-Under ``torchrun`` the environment holds ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``:
-:func:`init_distributed` then starts a process group (``nccl`` when the training device is CUDA,
-``gloo`` on the CPU), pins each rank to ``cuda:LOCAL_RANK`` and gives each CPU rank a fair share of
-the cores. Without those variables it returns a single-process :class:`DistInfo` and every helper
-here is a no-op, so the training loops never branch on "is this distributed?" themselves.
-
-Conventions used by the loops: each rank reads its own shard of the data (a ``DistributedSampler``
-in :mod:`src_training.train.loop`); gradients are averaged by DDP so all ranks keep identical weights;
-only rank 0 (``info.is_main``) logs, plots and writes checkpoints, and the other ranks wait for it
-at a barrier.
+Under torchrun :func:`init_distributed` starts a process group (nccl on CUDA, gloo on the CPU);
+without it every helper is a no-op, so the loops never branch on it. Rank 0 alone logs and
+writes checkpoints (docs/design-notes.md, "Training internals").
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Training losses of both stages (docs/method.md §4 and §7).
 
-Autoencoder: a reconstruction loss (L1 or MSE), PatchGAN hinge losses, the adaptive weight of the
-adversarial term (``||grad L_rec|| / (||grad L_G|| + 1e-4)`` at the decoder's last layer, clamped
-to [0, 1]) and an optional LPIPS perceptual term that is only used when its weights are already on
-disk (nothing is ever downloaded).
-
-Diffusion: binary cross-entropy between the U-Net's flip probability and the flip indicator
-``z_t XOR z_0``, computed from the logits for numerical stability, mean over bits, in nats.
+Autoencoder: reconstruction (L1 or MSE), PatchGAN hinge losses, the adaptive adversarial weight
+and an optional LPIPS term (only with weights already on disk). Diffusion: binary cross-entropy
+against ``z_t XOR z_0`` from the logits, mean over bits, in nats.
 """
 
 from __future__ import annotations

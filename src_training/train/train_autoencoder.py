@@ -1,19 +1,7 @@
 """Stage 1: train the binarizing autoencoder on healthy images (docs/method.md §7).
 
-Loss: reconstruction (L1, as the released code in practice, or MSE) + optional LPIPS (only with
-local weights) + a PatchGAN hinge adversarial term from step ``gan_start`` on (30001 in the released
-code, i.e. never within its 12k-step runs), weighted adaptively by
-``||grad L_rec|| / (||grad L_G|| + 1e-4)`` at the decoder's last layer (clamped to [0, 1]) times
-``disc_weight``. Adam (lr 1.08e-4), EMA 0.995, mixed precision on CUDA. Bits are sampled with the
-straight-through estimator inside :class:`~napari_berdiff.core.models.autoencoder.BinaryAutoencoder`.
-
-The released file (``out_dir/autoencoder.pt``) holds the EMA weights and the config, with
-``meta`` from the caller (channel names, preprocessing; ``berdiff train-ae`` fills them in from the
-prepared directory) plus ``meta["training"]`` (command line, steps, data, preset, time).
-
-Multi-process training (one process per GPU, or several CPU processes with gloo)::
-
-    torchrun --nproc_per_node=2 -m napari_berdiff.cli train-ae DATA --out DIR [options]
+Writes ``out_dir/autoencoder.pt`` (EMA weights, config, ``meta`` with the training record);
+losses, optimiser and EMA are listed in docs/design-notes.md ("Training internals").
 """
 
 from __future__ import annotations

@@ -1,21 +1,7 @@
 """Stage 2: train the Bernoulli diffusion U-Net in the frozen autoencoder's binary latent space.
 
-Each step (docs/method.md §4): fresh stochastic codes ``z_0 ~ Bernoulli(E(x))`` from the frozen
-autoencoder (the EMA weights of its final checkpoint), ``t`` uniform in 1..T (1-based, as the U-Net
-takes it), ``z_t = schedule.q_sample(z_0, t)`` (the paper's symmetric process) and binary
-cross-entropy between ``sigmoid(UNet(z_t, t))`` and the flip indicator ``z_t XOR z_0`` (from the
-logits, mean over bits, in nats; divide by ln 2 for bits). AdamW (lr 1e-4, weight decay 0),
-EMA 0.999, no learning-rate schedule, no gradient clipping.
-
-The released file (``out_dir/model.pt``) holds both networks (the autoencoder copied from its
-checkpoint, the U-Net's EMA weights), the schedule and ``meta``: the autoencoder checkpoint's meta
-(``channel_names``, ``preprocess``, ``modality``, ... which the detector reads) with its training
-record moved to ``meta["autoencoder_training"]``, plus this stage's ``meta["training"]`` and
-``meta["trained_with"]``. ``Detector.from_checkpoint`` loads it directly.
-
-Multi-process training::
-
-    torchrun --nproc_per_node=2 -m napari_berdiff.cli train-diffusion DATA --ae AE.pt --out DIR [options]
+Each step follows docs/method.md §4. Writes ``out_dir/model.pt`` with both networks, the schedule
+and the autoencoder's ``meta`` that the detector reads (docs/design-notes.md, "Training internals").
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """The masked anomaly sampler (docs/method.md §5, the paper's Algorithm 1) as a generator over steps.
 
-One sampler drives everything (widget, CLI, evaluation, tests). It runs a batch of binary codes
-``z`` (one per image) against a set of thresholds ``P_1..P_K`` in one batch: one trajectory per
-(image, P) pair, trajectory ``i = b * K + k``.
-
-Randomness: every trajectory owns a ``torch.Generator`` seeded from (image seed, P), so a
-trajectory's draws do not depend on which other images or thresholds share its batch. Batched
-results therefore equal one-by-one results under the same per-image seeds, except where the network
-itself returns slightly different floats for different batch sizes (convolution kernels may sum in
-another order) and a flip probability or a uniform draw lands within ~1e-7 of a threshold; the
-tests check agreement on a small model.
+One sampler drives the widget, the CLI, the evaluation and the tests. It runs a batch of codes
+against thresholds ``P_1..P_K``, one trajectory per (image, P) with its own seeded generator, so a
+slice gives the same result alone or in a batch (docs/design-notes.md, "Sampler randomness").
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """Bernoulli noise schedule, forward noising and the (strided) posterior (docs/method.md §1-§3).
 
-Steps are 1-based as in the paper: t = 1..T with ``abar_0 = 1``. The schedule is computed in
-float64 and cast to the working dtype at use.
-
-This module follows the paper's *symmetric* forward process
-``q(z_t | z_0) = Bernoulli(abar_t * z_0 + (1 - abar_t) / 2)``: bits flip 0->1 as often as 1->0.
-The authors' released code loses the ``+ (1 - abar_t)/2`` term (there zeros never flip and ones
-decay to 0); we deliberately do not reproduce that.
+Steps are 1-based (t = 1..T, ``abar_0 = 1``); the schedule is computed in float64 and cast at use.
+The forward process is the paper's symmetric one, not the released code's (docs/method.md §2).
 """
 
 from __future__ import annotations

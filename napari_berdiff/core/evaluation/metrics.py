@@ -1,15 +1,7 @@
 """Segmentation, ranking and reconstruction metrics for the evaluation (docs/method.md §8).
 
-Conventions (also in the evaluation report):
-
-* :func:`dice` of two empty masks is ``empty`` (1.0 by default: nothing to find, nothing found);
-  pass ``empty=np.nan`` to exclude such slices from a NaN-aware mean. The paper protocol only
-  scores diseased slices, so the convention matters only for pooled or per-healthy-slice use.
-* :func:`auprc` / :func:`auroc` return NaN when the labels hold a single class (undefined);
-  :func:`summarize` skips NaNs and reports how many values it used.
-* :func:`psnr` is ``20 log10(max(x) / sqrt(mse))`` over the whole slice, all channels (docs/method.md §8):
-  ``inf`` for a perfect reconstruction, NaN for an all-zero ``x``.
-* Standard deviations are population ones (``ddof=0``), as ``numpy.std``.
+Conventions for empty masks, single-class labels, PSNR and standard deviations are listed in
+docs/design-notes.md ("Metric conventions") and in the evaluation report.
 """
 
 from __future__ import annotations

@@ -1,27 +1,8 @@
 """How many slices and thresholds to run per network call: memory-based batch planning, and the
 detection of empty slices (no network work needed).
 
-The sampler runs ``n_slices x K`` trajectories (one per slice and threshold P) per network call.
-:func:`plan_batches` chooses that number from the memory available on the device and a per-
-trajectory estimate derived from the model configs, so that a whole volume runs in as few calls
-as fit and a large one never runs out of memory. The estimate is deliberately simple and
-conservative (all float32, even under autocast):
-
-- U-Net, per trajectory: the skip activations kept for the decoder half, plus a working set of
-  ``8 x (in + out channels) x resolution^2`` for the widest block (a ResBlock's input, its
-  GroupNorm/SiLU/conv intermediates and the skip concat), plus the attention matrices
-  ``heads x (resolution^2)^2`` (materialised by the CPU's attention kernel).
-- Sampler state, per trajectory: ten latent-sized tensors (code, noisy code, mask, flip
-  probabilities, estimate, stitched estimate, posterior, uniforms, next code, history copy).
-- Autoencoder, per image (encoding and decoding run in their own sub-batches): the same working
-  set rule at each level of the image-resolution pyramid plus its attention matrices.
-
-Measured peaks stay below these estimates (``tests/test_speed_paths.py`` checks the U-Net's on
-the CPU, ``tests/test_cuda.py`` on CUDA). The budget is a fraction of the available memory
-(CPU: 50% of ``MemAvailable`` or of a container's limit, whichever is smaller; CUDA: 80% of the
-free memory plus what torch's caching allocator holds unused), and the CPU is further capped at
-:data:`CPU_MAX_TRAJECTORIES` per call (bigger batches gain nothing there but make progress
-ticks and cancellation coarser).
+:func:`plan_batches` sizes each call from the memory available on the device and a conservative
+per-trajectory estimate from the model configs (docs/design-notes.md, "Batch planning").
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
 """Geometry between the user's slices and the model's square input, and back (torch, batched).
 
-Three modes, recorded in a checkpoint's ``meta["preprocess"]`` by the training data preparation so
-that inference sees slices exactly as training did:
-
-- ``"pad"`` (BraTS): centre zero-pad / centre-crop to a square ``canvas`` (256 for BraTS: 240 -> 256
-  as in the paper), then resize to the model size if the canvas differs from it.
-- ``"square"`` (aspect-preserving): zero-pad the shorter side to a square, then resize.
-- ``"resize"`` (OCT2017 as in the paper's code): resize straight to the model size, ignoring aspect.
-
-Downsizing follows the training data preparation exactly (``core.io.geometry``, i.e.
-``skimage.transform.resize(order=1, anti_aliasing=True)``): a Gaussian blur of sigma
-``(factor - 1) / 2`` per axis (mirror edges, truncated at 4 sigma), then bilinear sampling at pixel
-centres; here in torch, batched and on the model's device. (torch's own ``antialias=True`` uses
-another filter and differed from the training slices by up to 0.26 at edges.) :func:`from_model`
-inverts the mapping (bilinear) so that reconstructions and anomaly maps come back at the input's
-size, aligned with it.
+The modes ``"pad"``, ``"square"`` and ``"resize"`` come from a checkpoint's ``meta["preprocess"]``;
+downsizing matches the training preparation (``core.io.geometry``) exactly, and :func:`from_model`
+maps results back to the input's size (docs/design-notes.md, "Geometry").
 """
 
 from __future__ import annotations

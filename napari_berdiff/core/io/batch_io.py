@@ -1,31 +1,9 @@
 """Inputs and outputs of headless detection (``berdiff detect``): finding inputs, naming and
 writing outputs atomically.
 
-Inputs (:func:`discover_inputs`): BraTS case folders (``*_flair.nii.gz`` etc.), NIfTI files
-(``.nii``/``.nii.gz``), 2D images (PNG, JPEG, TIFF, BMP), DICOM series and study folders and OCT
-volume exports (:mod:`.input_kinds`), given directly or found recursively in folders (a BraTS
-case, DICOM or Heyex XML export folder is one input; its files are not listed separately). The search never
-enters the output folder and skips files that are outputs of ``berdiff detect`` (named
-``*_berdiff_<kind>.<ext>``, or listed by a provenance JSON beside them), so results written inside
-an input folder are never taken for inputs.
-
-Output stems mirror the folder structure: an input found under a folder argument keeps its path
-relative to that folder (``in/p1/v1/001.jpg`` searched from ``in`` -> ``p1/v1/001``; a BraTS case
-folder ``in/site/Case1`` -> ``site/Case1``), an input given directly is its file (or case folder)
-name at the top level. Stems therefore do not depend on which other inputs run; two inputs with
-the same stem are an error (:class:`ValueError`, before any work).
-
-Outputs per input (:func:`output_paths`), all named ``<stem>_berdiff_<kind>`` so that they can
-never be taken for BraTS modalities or labels (``*_seg.nii.gz``) or for inputs of a later run:
-volumes -> ``<stem>_berdiff_anomaly.nii.gz`` (float32), ``<stem>_berdiff_mask.nii.gz`` (uint8
-segmentation), ``<stem>_berdiff_recon.nii.gz`` (float32, channels last for several channels), all
-with the source affine; 2D images -> ``<stem>_berdiff_anomaly.tif`` (float32),
-``<stem>_berdiff_mask.png`` (0/255) and ``<stem>_berdiff_recon.png`` (8-bit); always
-``<stem>_berdiff_scores.csv`` (one row per slice) and ``<stem>_berdiff_provenance.json``.
-:func:`check_inputs_kept` refuses outputs that would land on an input file. :class:`AtomicFiles`
-writes each file under a hidden temporary name and renames them all at the end; on any error,
-Ctrl-C or SIGTERM the temporary files are removed, so no partial output is left under a final
-name.
+:func:`discover_inputs` finds inputs (never earlier outputs), :func:`output_paths` names the
+``<stem>_berdiff_<kind>`` files, :func:`check_inputs_kept` refuses to overwrite an input and
+:class:`AtomicFiles` leaves no partial output (docs/cli.md, docs/design-notes.md).
 """
 
 from __future__ import annotations

@@ -1,21 +1,8 @@
 """In-plane geometry: centred pad/crop and resize of the last two axes, invertible.
 
-Every function here works on the last two axes of an array of any rank (``(H, W)``,
-``(C, H, W)``, ``(N, C, H, W)``...) and describes what it did with a :class:`Transform2D`,
-a small serialisable record whose :meth:`Transform2D.undo` maps a result computed on the
-transformed grid (an anomaly map, a mask) back onto the input grid, and whose
-:meth:`Transform2D.apply` repeats the same transform on another array (e.g. labels, with
-``order=0``).
-
-Conventions:
-
-* centred pad/crop: for a size change ``d = target - n`` along an axis, ``d // 2`` goes before
-  and the rest after (padding with zeros, or cropping when ``d < 0``). Undoing a crop pads the
-  cropped border back with zeros: what was cut away is lost.
-* resize: :func:`skimage.transform.resize` with linear interpolation (``order=1``) and Gaussian
-  anti-aliasing whenever an axis shrinks; ``order=0`` (nearest, no anti-aliasing) for labels.
-  Integer and boolean inputs resized with ``order=0`` keep their dtype; otherwise the result is
-  float32 (float64 stays float64).
+Functions work on the last two axes of an array of any rank and return a :class:`Transform2D`
+whose ``undo`` maps a result back onto the input grid and whose ``apply`` repeats the transform
+on another array (conventions: docs/design-notes.md, "Geometry").
 """
 
 from __future__ import annotations

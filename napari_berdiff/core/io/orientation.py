@@ -1,12 +1,8 @@
 """Volumes in the orientation the models see: the closest canonical RAS voxel order.
 
-A NIfTI volume may store its voxels in any order (BraTS: LPS, i.e. rows running right-to-left and
-front-to-back; our synthetic cases and many pipelines: RAS; others with the slice axis first). The
-models are trained on axial slices of volumes in RAS order (``x`` towards the right, ``y`` towards
-the front, slices from the feet up, as ``nibabel.as_closest_canonical`` gives), so detection
-reorders every volume the same way and puts the results back into the file's own voxel order:
-outputs keep the source's shape and affine. Axis permutations and flips only (no resampling),
-chosen from the affine by ``nibabel.orientations.io_orientation``.
+Detection reorders every volume to RAS (axis permutations and flips from the affine, no
+resampling) and puts the results back into the file's own voxel order, so outputs keep the
+source's shape and affine (docs/design-notes.md, "Orientation").
 """
 
 from __future__ import annotations

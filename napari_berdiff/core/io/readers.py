@@ -1,18 +1,8 @@
 """Readers for NIfTI volumes, BraTS cases and 2D images, into plain numpy arrays.
 
-Pure numpy / nibabel / scikit-image: no napari, Qt or torch. Every failure a user can cause
-(a missing, truncated or corrupt file, NaNs, a wrong shape) raises :class:`DataError`, whose
-message names the offending file.
-
-Conventions (docs/method.md §9):
-
-* BraTS channel order is :data:`BRATS_MODALITIES` = ``("flair", "t1", "t1ce", "t2")`` everywhere;
-  BraTS2023 files map onto it as t2f = FLAIR, t1n = T1, t1c = T1ce, t2w = T2 (:data:`BRATS_NAMING`).
-* Volumes keep nibabel's array order ``(X, Y, Z)``; axial slices are ``volume[..., z]``
-  (index 0 at the bottom), returned untransposed.
-* :func:`normalize_volume` maps each channel to [0, 1]: clip to the ``[low, high]`` percentiles
-  (default 0.5 and 99.5) of that channel's nonzero (brain) voxels, scale linearly, and keep the
-  background (voxels that are exactly 0) at 0.
+Pure numpy / nibabel / scikit-image. Every failure a user can cause raises :class:`DataError`
+naming the file. Channel order, array order and :func:`normalize_volume`: docs/design-notes.md
+("Readers") and docs/method.md §9.
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
 """One-file checkpoints: model configs + weights (+ optional training state), loaded safely.
 
-A checkpoint is a ``torch.save``'d dict of plain containers, numbers, strings and tensors::
-
-    {"format": "napari-berdiff", "version": 1,
-     "autoencoder": {"config": {...}, "state_dict": {...}},     # either or both networks
-     "unet": {"config": {...}, "state_dict": {...}},
-     "schedule": {"T": 1000, "beta_start": 1e-4, "beta_end": 0.02},
-     "meta": {...},                                             # free-form, JSON-safe
-     "training_state": {...}}                                   # optional (optimizer, EMA, RNG)
-
-Loading always uses ``torch.load(..., weights_only=True)``: a pickle that would run code is refused.
-Saving writes a temporary file beside the target and renames it, so a killed process never leaves
-a half-written checkpoint under the final name.
+Loading always uses ``torch.load(..., weights_only=True)``; saving writes a temporary file and
+renames it. The dict layout is in docs/design-notes.md ("Checkpoint format").
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """Configurations of the two networks and the named presets.
 
-A config is a frozen dataclass that fully describes a network, so that a checkpoint can store it as a
-JSON-safe dict (:meth:`to_dict`) and rebuild the model from it (:meth:`from_dict`). Presets:
-
-- ``"paper"``: docs/method.md §6 exactly (256x256xc image -> 128 bits x 32x32).
-- ``"small"``: CPU-trainable models (128x128 -> 64 bits x 16x16); the v1 bundled models.
-- ``"small128"``: as ``"small"`` with 128 bits x 16x16, the paper's bits per image value (0.5 for
-  4 channels, 2 for 1); a less compressive code, so the autoencoder also reproduces anomalies.
-- ``"small-f4"``: 128x128 -> 32 bits x 32x32 (downsampling 4): the paper's latent grid and bits per
-  value at half its image size; each latent cell covers 4x4 pixels instead of 8x8, so fine
-  structure and anomalies survive the code (the U-Net is ~3x costlier per step than ``"small"``).
-- ``"tiny"``: for tests (32x32 -> 8 bits x 8x8); a forward pass takes milliseconds.
+A config is a frozen dataclass that fully describes a network, stored in a checkpoint as a
+JSON-safe dict (:meth:`to_dict` / :meth:`from_dict`). Presets ``paper``, ``small``, ``small128``,
+``small-f4`` and ``tiny``: docs/design-notes.md and ``berdiff configs``.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """Diffusion U-Net on binary latents (docs/method.md §6, guided-diffusion style).
 
-``BernoulliUNet(cfg)(z_t, t)`` returns logits of the per-bit flip probability
-``eps_hat = sigmoid(logits)`` (docs/method.md §4), same shape as ``z_t``.
-
-Step convention: ``t`` is **1-based** (1..T, docs/method.md §1). The module feeds ``t - 1`` (0..T-1) to
-the sinusoidal embedding, in :meth:`BernoulliUNet.embed_time`; this is the single place in the
-project where that shift happens, so callers always pass the paper's t.
-
-With the "paper" preset the model has exactly 36,034,432 parameters.
+``BernoulliUNet(cfg)(z_t, t)`` returns logits of the per-bit flip probability (docs/method.md §4).
+``t`` is 1-based; :meth:`BernoulliUNet.embed_time` is the one place that feeds ``t - 1`` to the
+sinusoidal embedding, so callers always pass the paper's t.
 """
 
 from __future__ import annotations

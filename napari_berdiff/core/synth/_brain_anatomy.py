@@ -1,12 +1,8 @@
 """Healthy brain anatomy for the synthetic BraTS-like generator.
 
-Source anatomy: the MNI152 2009 templates shipped inside nilearn (T1, grey matter, white matter and
-brain mask at 1 mm; CSF = mask - GM - WM). They are loaded offline once per process.
-
-A subject is the template seen through a random smooth transform (output position -> template
-position): scaling, small rotations, a translation and a low-frequency displacement field. Contrasts
-are synthesised from the interpolated tissue fractions with per-subject mean intensities, the T1
-template adding anatomical detail (deep grey nuclei, texture) to every channel.
+A subject is the MNI152 template (shipped inside nilearn, loaded offline) seen through a random
+smooth transform, with contrasts synthesised from its tissue fractions (docs/design-notes.md,
+"Generated data").
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Lesions for the synthetic BraTS-like generator: tumours, resection cavities, enlarged ventricles.
 
-Every lesion is planned before the anatomy is interpolated (its mass effect changes where the
-output samples the template), then drawn on the interpolated anatomy inside a sub-box around it.
-Shapes are thresholded level sets of an ellipsoidal distance perturbed by smooth noise.
-
-Labels (BraTS convention): 1 necrotic / non-enhancing core, 2 oedema, 4 enhancing tumour. Cavities
-and enlarged ventricles, which BraTS does not label, are marked 2 (the "whole anomaly" is label > 0
-in every evaluation of this project); the case metadata records the kind.
+Each lesion is planned before the anatomy is interpolated (mass effect), then drawn in a sub-box.
+Labels follow BraTS (1 core, 2 oedema, 4 enhancing); cavities and ventricles are marked 2
+(docs/design-notes.md, "Generated data").
 """
 
 from __future__ import annotations

@@ -1,34 +1,8 @@
 """Synthetic BraTS-like brain MR cases built from real anatomy (the MNI152 templates).
 
-Each case has four skull-stripped contrasts, FLAIR, T1, T1ce, T2 (this order everywhere), a label
-volume in the BraTS convention and a 1 mm RAS affine whose world coordinates are MNI-like mm.
-
-Subjects: the MNI152 T1 / grey-matter / white-matter / brain-mask templates (shipped inside nilearn,
-loaded offline) seen through a seeded random transform (scaling, small rotations, a smooth
-displacement field, mild ventricular size change); per-channel tissue intensities, contrast gamma and
-gain, a smooth multiplicative bias field and Rician noise vary per subject.
-
-Kinds (``make_case(kind=...)``):
-- ``"healthy"``: no lesion, all labels 0. Real BraTS has no healthy subjects (every one has a
-  tumour; healthy training slices are the axial slices whose label is all zero). This generator
-  additionally offers fully healthy subjects.
-- ``"tumour"``: an irregular glioma-like lesion with mass effect. HGG (75 %): enhancing rim
-  (label 4, bright on T1ce), usually a necrotic core (label 1, dark on T1/T1ce, bright on T2) and
-  oedema (label 2, bright on FLAIR/T2, spreading in white matter). LGG: a non-enhancing core
-  (label 1, FLAIR/T2 bright) and oedema. Centred in world z 20..44 mm, i.e. BraTS slices 92..116,
-  inside the slices 80..128 that the BraTS pipeline keeps.
-- ``"cavity"``: a resection cavity, CSF-like (dark on FLAIR and T1, bright on T2), sometimes with a
-  faint unlabelled gliotic rim; label 2. Not hyperintense on FLAIR, so FLAIR thresholding misses it.
-- ``"ventricle"``: a focally enlarged lateral ventricle; the newly CSF-filled voxels are label 2.
-
-The same seed gives the same subject (anatomy, bias field, noise) for every kind, so
-``make_case(s, "healthy")`` is the pseudo-healthy counterpart of ``make_case(s, "tumour")`` away
-from the lesion and its mass effect.
-
-Geometry: BraTS volumes are 240x240x155 at 1 mm with axial slices on the last axis; the MNI brain
-(197x233x189 template) is centred in-plane and its 155 brain slices fill the z range, so slice k of
-the output lies at world z = k - 72 mm. ``size`` picks another grid over the same 240x240x155 mm field
-of view (e.g. ``(120, 120, 78)`` at 2 mm, for fast tests); the affine records the spacing.
+Each case has FLAIR, T1, T1ce, T2, a BraTS-convention label volume and a 1 mm RAS affine. Kinds:
+``healthy``, ``tumour``, ``cavity``, ``ventricle``; the same seed gives the same subject for every
+kind. Details and geometry: docs/design-notes.md ("Generated data").
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
 """Synthetic retinal OCT B-scans in the style of OCT2017 (Kermany et al., Spectralis, 496 x 512).
 
-A B-scan is rendered column by column from layer boundaries (about 3.9 um per pixel in depth and
-11.7 um across): dark vitreous, bright nerve fibre layer, alternating ganglion cell / inner plexiform
-/ inner nuclear / outer plexiform / outer nuclear layers, external limiting membrane, ellipsoid zone,
-interdigitation zone, a bright RPE band on Bruch's membrane, then a choroid with vessel lumens that
-fades into the sclera. Healthy variation: curvature, tilt, vertical position, layer thicknesses,
-a foveal pit (depth depends on how close the B-scan passes to the fovea), nerve-fibre asymmetry,
-retinal vessels with their shadows, brightness, gamma, and multiplicative speckle (gamma noise).
-
-Drusen: dome-shaped elevations of the RPE off Bruch's membrane; the photoreceptors ride on top and
-the outer nuclear layer thins over them. The ground-truth mask is the drusen material between the
-elevated RPE and Bruch's membrane.
-
-Patients: ``make_bscan(seed, drusen, patient=p)`` draws the anatomy that belongs to the eye from
-``p`` (layer thicknesses, choroid, curvature, laterality) and the rest from ``seed``, so several
-B-scans of one patient look alike (OCT2017 has several images per patient; split by patient).
+B-scans are rendered column by column from retinal layer boundaries, with drusen as RPE
+elevations and a ground-truth drusen mask; ``patient=p`` shares the eye's anatomy across B-scans
+(docs/design-notes.md, "Generated data").
 """
 
 from __future__ import annotations
