@@ -21,15 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from napari_berdiff.core.inference.accel import configure_threads  # noqa: E402
-from napari_berdiff.core.models.autoencoder import BinaryAutoencoder  # noqa: E402
-from napari_berdiff.core.inference.batching import parse_batch_size  # noqa: E402
-from napari_berdiff.core.models.configs import get_preset  # noqa: E402
-from napari_berdiff.core.inference.detector import Detector  # noqa: E402
-from napari_berdiff.core.diffusion.sampler import masked_sampler, run_sampler  # noqa: E402
-from napari_berdiff.core.models.unet import BernoulliUNet  # noqa: E402
+from napari_berdiff.core.inference.accel import configure_threads
+from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+from napari_berdiff.core.inference.batching import parse_batch_size
+from napari_berdiff.core.models.configs import get_preset
+from napari_berdiff.core.inference.detector import Detector
+from napari_berdiff.core.diffusion.sampler import masked_sampler, run_sampler
+from napari_berdiff.core.models.unet import BernoulliUNet
 
 
 # -- timing helpers ---------------------------------------------

@@ -37,10 +37,28 @@ def model(preset: str, folder: Path) -> tuple[Path, str]:
     p = bundled_path("brats")
     if p is not None and preset == "bundled":
         return p, "bundled brats_small.pt"
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from _plugin_helpers import tiny_checkpoint
+    return random_model(folder / f"{preset}.pt", preset), f"random {preset}"
 
-    return tiny_checkpoint(folder / f"{preset}.pt", channels=4, preset=preset), f"random {preset}"
+
+def random_model(path: Path, preset: str) -> Path:
+    """A randomly initialised 4-channel BraTS-style model of ``preset``; the U-Net's
+    zero-initialised output gets some signal so that masks grow."""
+    import torch
+
+    from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
+    from napari_berdiff.core.models.checkpoint import save_checkpoint
+    from napari_berdiff.core.models.configs import get_preset
+    from napari_berdiff.core.models.unet import BernoulliUNet
+
+    torch.manual_seed(0)
+    ae_cfg, unet_cfg = get_preset(preset, 4)
+    ae, unet = BinaryAutoencoder(ae_cfg), BernoulliUNet(unet_cfg)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    meta = {"name": f"random-{preset}", "channel_names": ["flair", "t1", "t1ce", "t2"],
+            "modality": "brats", "preprocess": {"mode": "pad"}}
+    return save_checkpoint(path, autoencoder=ae, unet=unet, meta=meta)
 
 
 def run_with_timer(w, app, interval_ms=10):

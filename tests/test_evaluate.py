@@ -6,9 +6,7 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -23,39 +21,13 @@ from napari_berdiff.core.evaluation.report import (anomaly_kinds, markdown_table
                                                    write_reports)
 from napari_berdiff.core.models.unet import BernoulliUNet
 from src_training.train.datasets import load_eval_split
-from src_training.prepare.prepare import prepare_brats
 
-Z_KEEP = 6
-TUMOUR = (82, 83, 84)
-
-
-def write_case(root: Path, cid: str, kind: str, seed: int, shape=(28, 26, 80 + Z_KEEP + 26)):
-    folder = root / cid
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    x, y, z = shape
-    xx, yy = np.mgrid[:x, :y]
-    brain = ((xx - x / 2) / (0.42 * x)) ** 2 + ((yy - y / 2) / (0.42 * y)) ** 2 < 1
-    seg = np.zeros(shape, np.uint8)
-    for s in TUMOUR:
-        seg[10:17, 9:16, s] = 2
-    for c, mod in enumerate(BRATS_MODALITIES):
-        vol = np.zeros(shape, np.int16)
-        vol[brain] = 200 * (c + 1) + rng.integers(0, 60, (int(brain.sum()), z))
-        vol[seg > 0] += 500 if kind == "tumour" else -150
-        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(folder / f"{cid}_{mod}.nii.gz"))
-    nib.save(nib.Nifti1Image(seg, np.eye(4)), str(folder / f"{cid}_seg.nii.gz"))
-    (folder / f"{cid}_synth.json").write_text(json.dumps({"kind": kind}))
+from _eval_data import prepared_brats32
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("brats") / "src"
-    for i in range(1, 7):
-        write_case(root, f"BraTS20_Training_{i:03d}", "tumour" if i % 2 else "cavity", seed=i)
-    out = tmp_path_factory.mktemp("prep") / "brats32"
-    prepare_brats(root, out, image_size=32, seed=0, show_progress=False)
-    return out
+    return prepared_brats32(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -229,137 +201,3 @@ def test_oct_scans_without_masks_count_for_the_image_level_only():
     assert rows["threshold"]["paper_auroc"] == 1.0  # the band is the brightest structure
     assert set(res["per_kind"]) == {"DRUSEN"}
     assert 0.0 <= rows["masked"]["image_auroc_fraction"] <= 1.0  # over all 4 scans
-
-
-def test_ae_psnr_benchmark_separates_the_anomalys_cost(prepared, checkpoint, tmp_path):
-    # as a user runs it: python benchmarks/ae_psnr.py CKPT PREPARED --json F
-    out = tmp_path / "psnr.json"
-    repo = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "ae_psnr.py"), str(checkpoint),
-                        str(prepared), "--split", "test", "--threads", "1", "--json", str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "the anomaly itself costs" in r.stdout
-    got = json.loads(out.read_text())
-    test = load_eval_split(prepared, "test")
-    assert got["slices"] == len(test) and got["diseased"] == int((~test.healthy).sum()) > 0
-    assert got["gap_db"] == pytest.approx(got["psnr_healthy"] - got["psnr_diseased"])
-    # recompute the diseased slices' PSNR with and without the anomaly from the same codes
-    from napari_berdiff.core.models.checkpoint import load_checkpoint
-
-    ae = load_checkpoint(checkpoint).build_autoencoder("cpu")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # batch 16 covers the split in one call: the same draws as the script
-        x = torch.from_numpy(np.ascontiguousarray(test.images))
-        rec = ae.decode(ae.sample_bits(ae.encode(x), generator=gen)).clamp(0, 1).numpy()
-    whole, rest = [], []
-    for i in np.flatnonzero(~test.healthy):
-        xi, ri, lab = test.images[i], rec[i], test.labels[i].astype(bool)
-        whole.append(20 * np.log10(xi.max() / np.sqrt(((xi - ri) ** 2).mean())))
-        rest.append(20 * np.log10(xi.max() / np.sqrt(((xi - ri) ** 2)[:, ~lab].mean())))
-    assert got["psnr_diseased"] == pytest.approx(np.mean(whole), abs=1e-3)
-    assert got["psnr_diseased_without_anomaly"] == pytest.approx(np.mean(rest), abs=1e-3)
-    assert got["anomaly_cost_db"] == pytest.approx(np.mean(rest) - np.mean(whole), abs=1e-3)
-
-
-def _benchmark(name: str):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_unet_anomaly_cells_and_bits_on_a_hand_case():
-    mod = _benchmark("unet_anomaly")
-    lab = np.zeros((1, 4, 4), bool)
-    lab[0, 0, 0:2] = True          # cell (0,0): 2 of 4 pixels -> anomaly
-    lab[0, 0, 2] = True            # cell (0,1): 1 of 4 -> partial, left out
-    cells = mod.cell_labels(lab, 2)
-    assert cells.tolist() == [[[1, -1], [0, 0]]]
-    # 1 image, 1 channel, 2x2 cells; the noise flipped the bit of cell (1,1) only
-    z = np.array([[[[1, 0], [0, 1]]]], float)
-    z_t = np.array([[[[1, 0], [0, 0]]]], float)
-    eps = np.array([[[[0.7, 0.9], [0.2, 0.6]]]])
-    scores, is_anom, hits, n = mod.split_bits(eps, z, z_t, cells, P=0.5)
-    assert sorted(zip(scores.tolist(), is_anom.tolist())) == [(0.2, False), (0.7, True)]
-    assert (hits, n) == (1, 1)
-    _, _, hits, _ = mod.split_bits(eps, z, z_t, cells, P=0.65)
-    assert hits == 0
-
-
-def test_unet_anomaly_benchmark_runs_as_a_user_calls_it(prepared, checkpoint, tmp_path):
-    out = tmp_path / "u.json"
-    repo = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "unet_anomaly.py"), str(checkpoint),
-                        str(prepared), "--split", "test", "--t", "20", "200", "--threads", "1",
-                        "--json", str(out)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    got = json.loads(out.read_text())
-    test = load_eval_split(prepared, "test")
-    assert got["slices"] == int((~test.healthy).sum()) > 0 and got["cell_pixels"] == 32 // 8
-    assert [row["t"] for row in got["rows"]] == [20, 200]
-    for row in got["rows"]:
-        assert 0 <= row["auroc"] <= 1 and 0 <= row["noise_recall"] <= 1
-        assert row["anomaly_bits"] > 0 and row["healthy_bits"] > 0
-    # more noise flips more bits: fewer bits are left alone at t = 200 than at t = 20
-    kept = [row["anomaly_bits"] + row["healthy_bits"] for row in got["rows"]]
-    assert kept[1] < kept[0]
-    assert "| 200 |" in r.stdout
-
-
-def test_oracle_mask_sampler_keeps_what_it_does_not_mask(checkpoint):
-    from napari_berdiff.core.models.checkpoint import load_checkpoint
-
-    mod = _benchmark("oracle_mask")
-    ck = load_checkpoint(checkpoint)
-    unet, schedule = ck.build_unet("cpu"), ck.build_schedule()
-    gen = torch.Generator().manual_seed(3)
-    z = torch.bernoulli(torch.full((2, 8, 8, 8), 0.5), generator=gen)
-    none = torch.zeros_like(z, dtype=torch.bool)
-    with torch.inference_mode():
-        assert torch.equal(mod.fixed_mask_sample(unet.flip_prob, z, none, schedule, 200, 10, gen), z)
-        half = none.clone()
-        half[..., :4] = True  # the left half of every latent row is resampled
-        out = mod.fixed_mask_sample(unet.flip_prob, z, half, schedule, 400, 10, gen)
-    assert torch.equal(out[..., 4:], z[..., 4:])
-    assert not torch.equal(out[..., :4], z[..., :4])
-    lab = np.zeros((1, 8, 8), bool)
-    lab[0, 0, 0] = True
-    assert mod.anomaly_cells(lab, 2, 0).sum() == 1
-    assert mod.anomaly_cells(lab, 2, 1)[0].tolist() == [  # grown by one cell, 4-connected
-        [True, True, False, False], [True, False, False, False], [False] * 4, [False] * 4]
-
-
-def test_oracle_mask_benchmark_runs_as_a_user_calls_it(prepared, checkpoint, tmp_path):
-    out = tmp_path / "o.json"
-    repo = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "oracle_mask.py"), str(checkpoint),
-                        str(prepared), "--L", "100", "--steps", "5", "--threads", "1",
-                        "--json", str(out)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    got = json.loads(out.read_text())
-    test = load_eval_split(prepared, "test")
-    assert got["slices"] == int((~test.healthy).sum()) > 0
-    assert [row["method"] for row in got["rows"]] == [
-        "autoencoder only", "masked (P=0.5)", "oracle mask", "unmasked (P=0)"]
-    assert all(0 <= row["dice"] <= 1 for row in got["rows"])
-    assert 0 < got["oracle_cell_fraction"] <= 1
-    assert "| oracle mask |" in r.stdout
-
-
-@pytest.mark.parametrize("script", ["unet_anomaly.py", "oracle_mask.py"])
-def test_diagnosis_benchmarks_refuse_bad_input_in_one_line(script, prepared, checkpoint, tmp_path):
-    repo = Path(__file__).resolve().parents[1]
-    ae_only = tmp_path / "ae.pt"
-    from napari_berdiff.core.models.checkpoint import load_checkpoint
-
-    save_checkpoint(ae_only, autoencoder=load_checkpoint(checkpoint).build_autoencoder("cpu"),
-                    meta={"name": "ae-only"})
-    for args, says in (([str(checkpoint), str(tmp_path)], "not a prepared dataset"),
-                       ([str(ae_only), str(prepared)], "not a full model")):
-        r = subprocess.run([sys.executable, str(repo / "benchmarks" / script), *args],
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr, r.stderr

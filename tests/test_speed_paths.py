@@ -271,18 +271,22 @@ def test_compile_runs_or_falls_back_with_a_clear_message(monkeypatch):
 
 
 # -- the benchmark ------------------------------------------------------------------------------
-def test_bench_speed_runs_end_to_end(tmp_path, capsys):
-    import importlib.util
+def test_bench_speed_runs_end_to_end(tmp_path):
+    # as a user runs it: python benchmarks/bench_speed.py ... --json F (the installed package)
+    import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
-    spec = importlib.util.spec_from_file_location("bench_speed", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    out = bench.main(["--configs", "tiny", "--slices", "6", "--L", "8", "--steps", "8", "2",
-                      "--volume-steps", "2", "--threads", "1", "--json", str(tmp_path / "b.json")])
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(repo)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "bench_speed.py"), "--configs", "tiny",
+         "--slices", "6", "--L", "8", "--steps", "8", "2", "--volume-steps", "2", "--threads", "1",
+         "--json", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "b.json").read_text())
     row = out["results"][0]
-    assert set(row["sampler"]) == {8, 2} and row["forward_ms_b1"] > 0
+    assert set(row["sampler"]) == {"8", "2"} and row["forward_ms_b1"] > 0
     assert row["volume"]["slices"] == 6 and row["volume"]["skipped"] == 2
     assert row["volume"]["peak_bytes"] > 0 and row["speedup_first_over_last"] > 0
-    assert (tmp_path / "b.json").is_file() and "tiny" in capsys.readouterr().out
+    assert "tiny" in proc.stdout
