@@ -185,3 +185,20 @@ def test_inference_resizing_equals_the_training_preparation(hw, size, mode):
     ref = (plan_resize(hw, size) if mode == "resize" else plan_fit_square(hw, size)).apply(img)
     got = preprocess.to_model(torch.from_numpy(img)[None], preprocess.plan(hw, size, mode))[0]
     np.testing.assert_allclose(got.numpy(), ref, atol=1e-5)
+
+
+def test_the_unet_gets_the_samplers_1_based_steps_as_in_training():
+    """SPEC 1: the same step convention in training and sampling. The U-Net is called at the
+    sampler's t (training feeds it the t that noised z_t, see test_diffusion_step.py) and the
+    sampler's flip probabilities are sigmoid(logits)."""
+    det = make_detector()
+    calls = []
+    hooks = [det.unet.register_forward_pre_hook(lambda m, a: calls.append([v.clone() for v in a])),
+             det.unet.register_forward_hook(lambda m, a, out: calls[-1].append(out.float()))]
+    seen = []
+    det.detect(images(n=1), L=5, P=0.5, seed=0, progress=lambda p: seen.append(p.step.eps_hat.clone()))
+    for h in hooks:
+        h.remove()
+    assert [c[1].tolist() for c in calls] == [[5], [4], [3], [2], [1]]
+    for (_, _, logits), eps in zip(calls, seen):
+        torch.testing.assert_close(eps, torch.sigmoid(logits))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from napari_berdiff.core.diffusion.sampler import binary_posterior, masked_sampler, run_sampler, trajectory_seed
-from napari_berdiff.core.diffusion.schedule import BernoulliSchedule
+from napari_berdiff.core.diffusion.schedule import BernoulliSchedule, step_grid
 
 SCHED = BernoulliSchedule()
 
@@ -195,3 +195,118 @@ def test_sampler_runs_on_cuda_and_matches_its_own_seed():
     a = collect(masked_sampler(model, z, SCHED, 50, [0.3, 0.7], seeds=2))[1]
     b = collect(masked_sampler(model, z, SCHED, 50, [0.3, 0.7], seeds=2))[1]
     assert a.z0.is_cuda and torch.equal(a.z0, b.z0)
+
+
+# ----------------------------------------------------------------------------- Algorithm 1, exactly
+# The tests below check the sampler step by step against SPEC sections 2, 3 and 5 with a
+# deterministic model whose output depends on t. They reproduce the trajectory's uniform draws
+# (the sampler's documented randomness: one generator per (image, P), seeded by trajectory_seed;
+# one uniform per bit for the noising to L, then one per bit at every step) and compare bit by bit.
+
+
+class StepModel:
+    """A fixed function of (z_t, t) that records the steps it is called with. Its output changes
+    with t (``sin(0.9 t)``), so a network evaluated at t-1 or at s gives other flip probabilities,
+    and it is quantised to eighths so that ``eps_hat == P`` happens (the mask uses ``>``)."""
+
+    def __init__(self, C, seed=0):
+        self.w = torch.randn(C, C, generator=torch.Generator().manual_seed(seed))
+        self.calls = []
+
+    def eps(self, z_t, t):
+        mix = torch.einsum("dc,bchw->bdhw", self.w, z_t.float() - 0.5)
+        return torch.round(8 * torch.sigmoid(mix + 2 * torch.sin(0.9 * t.double()).float()
+                                             .view(-1, 1, 1, 1))) / 8
+
+    def __call__(self, z_t, t):
+        assert t.dtype == torch.long and t.shape == (z_t.shape[0],)
+        self.calls.append(t.clone())
+        return self.eps(z_t, t)
+
+
+def trajectory_streams(seeds, ps):
+    """The generators of trajectories ``b * K + k`` as the sampler seeds them."""
+    return [torch.Generator().manual_seed(trajectory_seed(sd, p)) for sd in seeds for p in ps]
+
+
+def draw(gens, shape):
+    return torch.stack([torch.rand(shape, generator=g) for g in gens])
+
+
+def agree_away_from_ties(got, u, prob, tol=1e-5):
+    """``got == (u < prob)`` wherever u is not within ``tol`` of prob (float32 vs float64)."""
+    clear = (u.double() - prob.double()).abs() > tol
+    return torch.equal(got[clear], (u.double() < prob.double())[clear].float())
+
+
+@pytest.mark.parametrize("L, S, ps", [(200, 20, [0.5, 1.0, 0.25]), (30, None, [0.5]),
+                                      (37, 5, [0.0, 0.625])])
+def test_network_is_evaluated_at_the_grid_steps_t_not_t_minus_1_or_s(L, S, ps):
+    model = StepModel(4)
+    steps, _ = collect(masked_sampler(model, codes(), SCHED, L, ps, steps=S, seeds=2))
+    grid = step_grid(L, S)
+    assert [s[1] for s in steps] == grid[:-1] and [s[2] for s in steps] == grid[1:]
+    n_active = 2 * sum(p < 1 for p in ps)
+    assert len(model.calls) == len(grid) - 1
+    for t, got in zip(grid, model.calls):
+        assert got.tolist() == [t] * n_active, (t, got)
+
+
+@pytest.mark.parametrize("L", [1, 37, 200])
+def test_the_input_is_noised_to_exactly_level_L(L):
+    z = codes(B=2, C=16, h=32, w=32, seed=4)
+    ps = [0.5, 0.25]
+    steps, _ = collect(masked_sampler(StepModel(16), z, SCHED, L, ps, steps=1, seeds=[6, 9]))
+    u = draw(trajectory_streams([6, 9], ps), z.shape[1:])
+    p_L = (1 - SCHED.abar[L]) / 2  # SPEC 5.2: z_L = z XOR Bernoulli((1 - abar_L)/2)
+    expected = (z.repeat_interleave(2, dim=0) + (u.double() < p_L).float()) % 2
+    assert torch.equal(steps[0][4], expected)
+    # the check can tell L from L +- 1: some draws fall between the neighbouring flip rates
+    lo, hi = (1 - SCHED.abar[max(L - 1, 0)]) / 2, (1 - SCHED.abar[L + 1]) / 2
+    assert int(((u.double() >= lo) & (u.double() < hi)).sum()) > 0
+
+
+@pytest.mark.parametrize("L, S, ps, det_last", [(200, 20, [0.5, 0.0, 0.375], False),
+                                                (12, None, [0.5, 1.0], True),
+                                                (100, 7, [0.625], False)])
+def test_every_step_follows_algorithm_1_with_the_spec_posterior(L, S, ps, det_last):
+    """Each step against SPEC 5 computed here in float64: eps_hat = f(z_t, t), mask growth with
+    ``eps_hat > P``, stitching with the input code, and z_s ~ Bernoulli(posterior(z_t, x0, t, s))
+    with SPEC 3's posterior (so a jump to another s or z_t and x0 swapped give other bits)."""
+    B = 2
+    z = codes(B=B, C=8, h=16, w=16, seed=5)
+    seeds = [3, 8]
+    model = StepModel(8, seed=1)
+    steps, out = collect(masked_sampler(model, z, SCHED, L, ps, steps=S, seeds=seeds,
+                                        deterministic_last_step=det_last))
+    K, grid = len(ps), step_grid(L, S)
+    gens = trajectory_streams(seeds, ps)
+    shape = z.shape[1:]
+    z_in = z.repeat_interleave(K, dim=0)
+    thr = torch.tensor(ps).repeat(B).view(-1, 1, 1, 1)
+    active = (thr < 1).view(-1)
+    u = draw(gens, shape)
+    z_t = (z_in + (u.double() < (1 - SCHED.abar[L]) / 2).float()) % 2
+    mask = torch.zeros_like(z_in, dtype=torch.bool)
+    next_codes = [s[4] for s in steps[1:]] + [out.z0]
+    n_compared = 0
+    for (i, t, s, got_mask, got_zt, got_eps), z_next in zip(steps, next_codes):
+        assert (t, s) == (grid[i], grid[i + 1])
+        assert torch.equal(got_zt, z_t), f"step {i}: the code the network sees"
+        eps = torch.zeros_like(z_t)
+        eps[active] = model.eps(z_t[active], torch.full((int(active.sum()),), t))
+        assert torch.equal(got_eps, eps), f"step {i}: eps_hat"
+        mask = mask | (eps > thr) | (thr <= 0)
+        assert torch.equal(got_mask, mask), f"step {i}: mask"
+        x0 = torch.where(mask, (z_t - eps).abs(), z_in).double()
+        prob = SCHED.posterior(z_t.double(), x0, t, s) if s > 0 else x0
+        if s == 0 and det_last:
+            assert torch.equal(z_next, (prob > 0.5).float()), f"step {i}: last step"
+        else:
+            u = draw(gens, shape)
+            assert agree_away_from_ties(z_next, u, prob), f"step {i} (t={t} -> s={s})"
+            n_compared += 1
+        z_t = z_next
+    assert n_compared >= len(grid) - 2
+    assert torch.equal(out.mask, mask)
+    assert torch.allclose(out.masked_fraction, mask.flatten(1).float().mean(1))

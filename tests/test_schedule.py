@@ -134,3 +134,50 @@ def test_step_grid():
 
 def test_schedule_roundtrip():
     assert BernoulliSchedule.from_dict(SCHED.to_dict()) == SCHED
+
+
+@pytest.mark.parametrize("t, s", [(200, 0), (1, 0), (1000, 0), (300, 120), (2, 1)])
+def test_flip_probability_is_the_spec_formula(t, s):
+    expected = (1 - SCHED.abar[t] / SCHED.abar[s]) / 2
+    assert SCHED.flip_probability(t, s) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert SCHED.flip_probability(t) == pytest.approx((1 - SCHED.abar[t]) / 2, rel=1e-12)
+    assert SCHED.flip_probability(200) == pytest.approx((1 - 0.6590385082) / 2, rel=1e-9)
+
+
+def test_q_sample_flips_exactly_where_the_uniform_is_below_the_spec_rate():
+    """``z_t = z_s XOR (u < (1 - abar_t/abar_s)/2)`` bit for bit, per item, for the documented
+    draw (one ``torch.rand`` of the code's shape from the generator); the steps are 1-based."""
+    g = torch.Generator().manual_seed(3)
+    z0 = (torch.rand(5, 4, 64, 64, generator=g) < 0.5).float()
+    t = torch.tensor([1, 10, 200, 201, 999])
+    s = torch.tensor([0, 3, 150, 0, 500])
+    for steps_from in (None, s):
+        kw = {} if steps_from is None else {"s": steps_from}
+        got = SCHED.q_sample(z0, t, generator=torch.Generator().manual_seed(9), **kw)
+        u = torch.rand(z0.shape, generator=torch.Generator().manual_seed(9)).double()
+        abar_s = torch.ones(5, dtype=torch.float64) if steps_from is None else \
+            torch.from_numpy(SCHED.abar[s.numpy()])
+        p = ((1 - torch.from_numpy(SCHED.abar[t.numpy()]) / abar_s) / 2).view(-1, 1, 1, 1)
+        clear = (u - p).abs() > 1e-6
+        assert torch.equal(got[clear], ((z0 + (u < p).double()) % 2)[clear].float())
+        # the check tells t from t +- 1: some draws lie between the neighbouring flip rates
+        p_lo = ((1 - torch.from_numpy(SCHED.abar[(t - 1).numpy()]) / abar_s) / 2).view(-1, 1, 1, 1)
+        assert int(((u >= p_lo) & (u < p)).sum()) > 10
+    # an integer step gives the same as a tensor of it
+    one = SCHED.q_sample(z0[2:3], 200, generator=torch.Generator().manual_seed(2))
+    many = SCHED.q_sample(z0[2:3], torch.tensor([200]), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(one, many)
+
+
+def test_steps_outside_0_to_T_are_refused():
+    z = torch.zeros(2, 3)
+    for bad in (torch.tensor([0, 1001]), torch.tensor([-1, 5])):
+        with pytest.raises(ValueError, match="0..1000"):
+            SCHED.q_sample(z, bad)
+    SCHED.q_sample(z, torch.tensor([0, 1000]))  # both ends are valid steps
+    with pytest.raises(ValueError, match="outside 0..1000"):
+        SCHED.flip_probability(1001)
+    with pytest.raises(ValueError, match="s <= t"):
+        SCHED.flip_probability(5, 6)
+    with pytest.raises(ValueError):
+        BernoulliSchedule(T=0)
