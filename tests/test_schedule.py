@@ -71,7 +71,7 @@ def test_posterior_per_item_steps_match_scalar_steps():
     s = torch.tensor([190] * 4 + [10] * 4)
     got = SCHED.posterior(z.view(8, 1), x.view(8, 1), t, s).view(-1)
     ref = torch.cat([SCHED.posterior(CORNERS_Z, CORNERS_X, 200, 190), SCHED.posterior(CORNERS_Z, CORNERS_X, 20, 10)])
-    torch.testing.assert_close(got, ref)
+    assert torch.allclose(got, ref, rtol=1e-12, atol=0)  # (not assert_close: seconds of imports)
 
 
 def test_posterior_rejects_s_not_below_t():
@@ -134,6 +134,13 @@ def test_step_grid():
 
 def test_schedule_roundtrip():
     assert BernoulliSchedule.from_dict(SCHED.to_dict()) == SCHED
+    other = BernoulliSchedule(T=50, beta_start=2e-4, beta_end=0.05)
+    d = other.to_dict()
+    assert d == {"T": 50, "beta_start": 2e-4, "beta_end": 0.05}
+    back = BernoulliSchedule.from_dict({"T": "50", "beta_start": "2e-4", "beta_end": 0.05})
+    assert back == other and back.T == 50 and len(back.abar) == 51
+    assert back.abar[50] == pytest.approx(np.prod(1 - np.linspace(2e-4, 0.05, 50)), rel=1e-12)
+    assert len(BernoulliSchedule(T=1).abar) == 2  # the smallest schedule is valid
 
 
 @pytest.mark.parametrize("t, s", [(200, 0), (1, 0), (1000, 0), (300, 120), (2, 1)])

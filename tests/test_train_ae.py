@@ -82,6 +82,69 @@ def test_lpips_never_downloads(capsys, monkeypatch, tmp_path):
         losses.load_lpips("on")
 
 
+def test_lpips_modes_and_messages(capsys, monkeypatch, tmp_path):
+    missing = tmp_path / "vgg.pth"
+    monkeypatch.setattr(losses, "lpips_weight_files", lambda net="vgg": [missing])
+    assert losses.load_lpips(False) is None and losses.load_lpips(None) is None
+    assert capsys.readouterr().err == ""  # off: not even a message
+    assert losses.load_lpips() is None  # the default is auto: a message, no error
+    assert "LPIPS weights not found" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        losses.load_lpips(True)  # True means on
+    with pytest.raises(ValueError, match="lpips must be off, auto or on"):
+        losses.load_lpips("sometimes")
+    with pytest.raises(ValueError, match="unknown LPIPS network 'resnet'"):
+        losses.load_lpips("auto", net="resnet")
+    # the files are there but the package cannot build the network: auto goes on, on refuses
+    missing.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips -> ImportError
+    assert losses.load_lpips("auto") is None
+    assert "LPIPS could not be built (ModuleNotFoundError" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="LPIPS could not be built"):
+        losses.load_lpips("on")
+
+
+def test_lpips_weight_files_are_the_package_heads_and_the_hub_backbone(monkeypatch, tmp_path):
+    import importlib.util
+    import types
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert losses.lpips_weight_files() is None
+    spec = types.SimpleNamespace(submodule_search_locations=[str(tmp_path / "pkg")])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec if name == "lpips" else None)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    assert losses.lpips_weight_files("alex") == [
+        tmp_path / "pkg" / "weights" / "v0.1" / "alex.pth",
+        tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"]
+    assert losses.lpips_weight_files()[1].name == "vgg16-397923af.pth"
+
+
+def test_lpips_loss_compares_each_channel_as_a_grey_rgb_image():
+    seen = []
+
+    class Fake(torch.nn.Module):  # stands in for lpips.LPIPS: one distance per image pair
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, a, r):
+            seen.append((a, r))
+            return (self.w * (a - r).abs()).mean(dim=(1, 2, 3), keepdim=True)
+
+    loss = losses.LPIPSLoss(Fake())
+    assert not loss.net.training and not loss.net.w.requires_grad
+    loss.train()
+    assert not loss.net.training  # stays in eval mode inside a training model
+    g = torch.Generator().manual_seed(0)
+    x, x_rec = torch.rand(2, 3, 4, 5, generator=g), torch.rand(2, 3, 4, 5, generator=g)
+    out = loss(x_rec, x)
+    (a, r), = seen
+    assert a.shape == (6, 3, 4, 5) and torch.equal(a[:, 0], a[:, 2])  # grey RGB per channel
+    assert torch.allclose(a[:, 1], x_rec.reshape(6, 4, 5) * 2 - 1)  # scaled to [-1, 1]
+    assert torch.allclose(r[:, 1], x.reshape(6, 4, 5) * 2 - 1)
+    assert out.item() == pytest.approx(float((2 * (x_rec - x)).abs().mean()), rel=1e-6)
+
+
 def test_ema_update_and_state_dict():
     m = torch.nn.Linear(3, 2)
     ema = EMA(m, 0.9)
