@@ -18,6 +18,7 @@ import torch
 from _plugin_helpers import tiny_checkpoint
 from napari_berdiff.core.diffusion.schedule import BernoulliSchedule
 from napari_berdiff.core.models.checkpoint import load_checkpoint
+from src_training.train.corruption import Corruption, corrupt_codes, corrupt_images
 from src_training.train.distributed import DistInfo
 from src_training.train.train_diffusion import DiffusionTask, unet_config_for
 from src_training.train.train_state import resolve_amp
@@ -129,3 +130,28 @@ def test_train_step_feeds_the_unet_z_t_and_t_and_scores_the_flips(ck):
     assert any(not torch.equal(a, b) for a, b in zip(before, task.unet.parameters()))
     assert any(not torch.equal(a, b)
                for a, b in zip(ema_before, task.state.emas["unet"].shadow.parameters()))
+
+
+@pytest.mark.parametrize("kind", ["patch", "image"])
+def test_corrupted_pairs_noise_the_corrupted_code_and_return_the_clean_one(ck, kind):
+    """With a structured corruption z_t is noised from the corrupted code and z0 stays the clean
+    code, so the target z_t XOR z0 counts the corrupted bits as flips (the same draws are
+    reproduced here; the slow end-to-end version is in test_corruption.py)."""
+    cor = Corruption(kind=kind, prob=1.0, min_area=0.3, max_area=0.3)
+    task = make_task(ck, t_max=50)
+    task.corruption = cor
+    x = images(6, seed=7)
+    torch.manual_seed(8)
+    z0, z_t, t = task.noisy_pair(x)
+    (src_arg, t_arg, _, out), = task.schedule.calls
+    torch.manual_seed(8)
+    if kind == "patch":
+        clean = torch.bernoulli(task.encode(x).float())
+        src = corrupt_codes(clean, cor)
+    else:
+        probs, mixed = task.encode(x).float(), task.encode(corrupt_images(x, cor)).float()
+        u = torch.rand_like(probs)
+        clean, src = (u < probs).float(), (u < mixed).float()
+    assert torch.equal(z0, clean) and torch.equal(src_arg, src)
+    assert torch.equal(t_arg, t) and torch.equal(out, z_t) and int(t.min()) >= 1
+    assert int((src != clean).sum()) > 0  # the corruption did change bits

@@ -162,6 +162,7 @@ def test_fast_binary_posterior_equals_the_float64_posterior(t, s):
     x[:50], x[50:100], x[100:150] = 0.0, 1.0, 0.3
     fast = binary_posterior(SCHED, z, x, t, s)
     assert fast.dtype == torch.float32
+    assert binary_posterior(SCHED, z.double(), x, t, s).dtype == torch.float32  # x0's dtype
     ref = SCHED.posterior(z.double(), x.double(), t, s)
     assert float((fast.double() - ref).abs().max()) < 1e-6
 

@@ -188,3 +188,38 @@ def test_steps_outside_0_to_T_are_refused():
         SCHED.flip_probability(5, 6)
     with pytest.raises(ValueError):
         BernoulliSchedule(T=0)
+
+
+def test_posterior_default_s_is_t_minus_1_for_tensor_steps_too():
+    z = CORNERS_Z.repeat(3).view(12, 1)
+    x = CORNERS_X.repeat(3).view(12, 1)
+    t = torch.tensor([2] * 4 + [10] * 4 + [200] * 4)
+    got = SCHED.posterior(z, x, t).view(3, 4)
+    for row, tt in zip(got, (2, 10, 200)):
+        np.testing.assert_allclose(row.numpy(), SCHED.posterior(CORNERS_Z, CORNERS_X, tt, tt - 1).numpy(),
+                                   rtol=1e-12, atol=0)
+    # a tensor t with an int s, and an int t with a tensor s
+    np.testing.assert_allclose(SCHED.posterior(z, x, t, 1).view(3, 4)[2].numpy(),
+                               SCHED.posterior(CORNERS_Z, CORNERS_X, 200, 1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(SCHED.posterior(z, x, 200, torch.full((12,), 190)).view(3, 4)[0].numpy(),
+                               [0.0036967611, 0.0965148591, 0.9034851409, 0.9963032389], atol=1e-8)
+
+
+@pytest.mark.parametrize("t, s", [(torch.tensor([10, 20]), torch.tensor([9, 20])),
+                                  (torch.tensor([10, 20]), torch.tensor([9, 25])),
+                                  (torch.tensor([10, 20]), 15), (15, torch.tensor([3, 15]))])
+def test_posterior_refuses_s_not_below_t_for_any_item(t, s):
+    with pytest.raises(ValueError, match="posterior needs s < t for every item"):
+        SCHED.posterior(torch.zeros(2, 1, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64), t, s)
+
+
+def test_posterior_dtype_follows_z_t_and_integer_codes_give_float32():
+    x = CORNERS_X.float()
+    out32 = SCHED.posterior(CORNERS_Z.float(), x, 200)
+    out_int = SCHED.posterior(CORNERS_Z.long(), x, 200)
+    assert out32.dtype == torch.float32 and out_int.dtype == torch.float32
+    assert torch.equal(out32, out_int)
+    np.testing.assert_allclose(out32.numpy(), [0.0004143243, 0.0099034179, 0.9900965821, 0.9995856757],
+                               atol=1e-7)
+    with pytest.raises(ValueError, match=r"posterior needs s < t, got s=5, t=5"):
+        SCHED.posterior(CORNERS_Z, CORNERS_X, 5, 5)

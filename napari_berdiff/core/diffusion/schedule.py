@@ -118,7 +118,8 @@ class BernoulliSchedule:
         abar_t = self._abar_tensor(t, zt)
         abar_s = self._abar_tensor(s, zt)
         if isinstance(t, torch.Tensor) or isinstance(s, torch.Tensor):
-            if bool(torch.any(abar_s < abar_t)):
+            # compare the steps, not abar: s == t has abar_s == abar_t and must be refused too
+            if bool(torch.any(torch.as_tensor(s).cpu() >= torch.as_tensor(t).cpu())):
                 raise ValueError("posterior needs s < t for every item")
         elif not int(s) < int(t):
             raise ValueError(f"posterior needs s < t, got s={s}, t={t}")
