@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from napari_berdiff.core.diffusion.sampler import binary_posterior, masked_sampler, run_sampler, trajectory_seed
+from napari_berdiff.core.diffusion.sampler import (binary_posterior, masked_sampler, resolve_seeds,
+                                                  run_sampler, trajectory_seed)
 from napari_berdiff.core.diffusion.schedule import BernoulliSchedule, step_grid
 
 SCHED = BernoulliSchedule()
@@ -167,6 +168,16 @@ def test_fast_binary_posterior_equals_the_float64_posterior(t, s):
     assert float((fast.double() - ref).abs().max()) < 1e-6
 
 
+def test_per_image_seeds():
+    assert resolve_seeds(7, 3) == [7, 8, 9]  # documented: image b gets seed + b
+    assert resolve_seeds([4, 2], 2) == [4, 2]
+    drawn = resolve_seeds(torch.Generator().manual_seed(0), 2000)
+    assert drawn == resolve_seeds(torch.Generator().manual_seed(0), 2000)
+    assert len(set(drawn)) == 2000 and max(drawn) > 2**40  # a wide range: no collisions
+    with pytest.raises(ValueError, match="got 3 seeds for 2 images"):
+        resolve_seeds([1, 2, 3], 2)
+
+
 def test_trajectory_seed_depends_on_image_seed_and_threshold():
     assert trajectory_seed(0, 0.5) == trajectory_seed(0, 0.5)
     assert trajectory_seed(0, 0.5) != trajectory_seed(1, 0.5)
@@ -177,14 +188,33 @@ def test_bad_arguments_are_rejected_clearly():
     z = codes()
     with pytest.raises(ValueError, match="binary"):
         run_sampler(masked_sampler(MixingModel(4), z * 0.5 + 0.2, SCHED, 10, 0.5))
+    with pytest.raises(ValueError, match="threshold P must not be NaN"):
+        run_sampler(masked_sampler(MixingModel(4), z, SCHED, 10, [0.5, float("nan")]))
     with pytest.raises(ValueError, match="L must"):
         run_sampler(masked_sampler(MixingModel(4), z, SCHED, 0, 0.5))
     with pytest.raises(ValueError, match="S must"):
         run_sampler(masked_sampler(MixingModel(4), z, SCHED, 10, 0.5, steps=20))
     with pytest.raises(ValueError, match="seeds"):
         run_sampler(masked_sampler(MixingModel(4), z, SCHED, 10, 0.5, seeds=[1, 2, 3]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"z must be \(B, C, h, w\), got shape \(4, 6, 6\)"):
         run_sampler(masked_sampler(MixingModel(4), z[0], SCHED, 10, 0.5))
+    with pytest.raises(ValueError, match="need at least one threshold P"):
+        run_sampler(masked_sampler(MixingModel(4), z, SCHED, 10, []))
+    with pytest.raises(ValueError, match=r"L must lie in 1..1000, got 1001"):
+        run_sampler(masked_sampler(MixingModel(4), z, SCHED, 1001, 0.5))
+    run_sampler(masked_sampler(MixingModel(4), z, SCHED, 1000, 0.5, steps=2))  # L = T is valid
+
+
+def test_defaults_are_p_one_half_seed_0_and_a_sampled_last_step():
+    z = codes()
+    default = collect(masked_sampler(MixingModel(4), z, SCHED, 40))[1]
+    explicit = collect(masked_sampler(MixingModel(4), z, SCHED, 40, 0.5, seeds=0,
+                                      deterministic_last_step=False))[1]
+    assert torch.equal(default.z0, explicit.z0) and torch.equal(default.mask, explicit.mask)
+    assert torch.all(default.thresholds == 0.5)
+    for other in (dict(seeds=1), dict(deterministic_last_step=True)):
+        changed = collect(masked_sampler(MixingModel(4), z, SCHED, 40, 0.5, **other))[1]
+        assert not torch.equal(changed.z0, default.z0), other
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -247,6 +277,10 @@ def test_network_is_evaluated_at_the_grid_steps_t_not_t_minus_1_or_s(L, S, ps):
     steps, _ = collect(masked_sampler(model, codes(), SCHED, L, ps, steps=S, seeds=2))
     grid = step_grid(L, S)
     assert [s[1] for s in steps] == grid[:-1] and [s[2] for s in steps] == grid[1:]
+    counted = []
+    run_sampler(masked_sampler(StepModel(4), codes(), SCHED, L, ps, steps=S, seeds=2),
+                on_step=lambda st: counted.append((st.index, st.n_steps)))
+    assert counted == [(i, len(grid) - 1) for i in range(len(grid) - 1)]
     n_active = 2 * sum(p < 1 for p in ps)
     assert len(model.calls) == len(grid) - 1
     for t, got in zip(grid, model.calls):

@@ -223,3 +223,46 @@ def test_posterior_dtype_follows_z_t_and_integer_codes_give_float32():
                                atol=1e-7)
     with pytest.raises(ValueError, match=r"posterior needs s < t, got s=5, t=5"):
         SCHED.posterior(CORNERS_Z, CORNERS_X, 5, 5)
+
+
+def test_a_schedule_built_here_has_the_reference_values():
+    """(Built inside the test, not at import: mutation tools only see code run by a test.)"""
+    sched = BernoulliSchedule()
+    assert sched.abar[0] == 1.0 and len(sched.abar) == 1001
+    np.testing.assert_allclose(sched.abar[[1, 10, 100, 200, 500, 1000]],
+                               [0.9999, 0.9981052048, 0.8970181457, 0.6590385082, 0.07858724288,
+                                4.035829765e-05], rtol=1e-9)
+    assert sched.betas.dtype == np.float64 and np.array_equal(sched.betas, linear_betas())
+    np.testing.assert_allclose(sched.abar[1:], np.cumprod(1 - sched.betas), rtol=1e-15)
+    with pytest.raises(ValueError, match="T must be >= 1, got 0"):
+        BernoulliSchedule(T=0)
+
+
+def test_flip_probability_edges_and_messages():
+    assert SCHED.flip_probability(5, 5) == 0.0 and SCHED.flip_probability(0) == 0.0
+    with pytest.raises(ValueError, match=r"step s=1001 outside 0..1000"):
+        SCHED.flip_probability(1000, 1001)
+    with pytest.raises(ValueError, match=r"step t=-1 outside 0..1000"):
+        SCHED.flip_probability(-1)
+    with pytest.raises(ValueError, match=r"need s <= t, got s=6, t=5"):
+        SCHED.flip_probability(5, 6)
+
+
+def test_q_sample_keeps_float_dtypes_and_converts_integer_codes():
+    z = (torch.rand(2, 500, generator=torch.Generator().manual_seed(1)) < 0.5)
+    ref = SCHED.q_sample(z.float(), 300, generator=torch.Generator().manual_seed(4))
+    for code in (z, z.long(), z.to(torch.uint8)):
+        got = SCHED.q_sample(code, 300, generator=torch.Generator().manual_seed(4))
+        assert got.dtype == torch.float32 and torch.equal(got, ref)
+    d = SCHED.q_sample(z.double(), 300, generator=torch.Generator().manual_seed(4))
+    assert d.dtype == torch.float64 and torch.all((d == 0) | (d == 1))
+    assert 0.3 < float((d != z.double()).float().mean()) < 0.5  # (1 - abar_300)/2 = 0.37
+
+
+def test_step_grid_holds_python_ints_and_explains_bad_values():
+    for grid in (step_grid(7), step_grid(200, 20), step_grid(100, 7)):
+        assert all(type(v) is int for v in grid)
+    with pytest.raises(ValueError, match=r"noise level L must be >= 1, got 0"):
+        step_grid(0)
+    with pytest.raises(ValueError, match=r"step count S must lie in 1..L=10, got 11"):
+        step_grid(10, 11)

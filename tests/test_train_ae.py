@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,8 @@ def test_hinge_and_reconstruction_losses():
     a, b = torch.zeros(2, 1, 2, 2), torch.full((2, 1, 2, 2), 0.5)
     assert losses.reconstruction_loss(a, b, "l1").item() == pytest.approx(0.5)
     assert losses.reconstruction_loss(a, b, "mse").item() == pytest.approx(0.25)
+    a = torch.full((2, 1, 2, 2), 0.2)
+    assert losses.reconstruction_loss(a, b).item() == pytest.approx(0.3)  # the default is l1
     with pytest.raises(ValueError, match="unknown reconstruction loss"):
         losses.reconstruction_loss(a, b, "l2")
 
@@ -106,7 +109,6 @@ def test_lpips_modes_and_messages(capsys, monkeypatch, tmp_path):
 
 def test_lpips_weight_files_are_the_package_heads_and_the_hub_backbone(monkeypatch, tmp_path):
     import importlib.util
-    import types
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert losses.lpips_weight_files() is None
@@ -133,7 +135,7 @@ def test_lpips_loss_compares_each_channel_as_a_grey_rgb_image():
 
     loss = losses.LPIPSLoss(Fake())
     assert not loss.net.training and not loss.net.w.requires_grad
-    loss.train()
+    assert loss.train() is loss
     assert not loss.net.training  # stays in eval mode inside a training model
     g = torch.Generator().manual_seed(0)
     x, x_rec = torch.rand(2, 3, 4, 5, generator=g), torch.rand(2, 3, 4, 5, generator=g)
@@ -143,6 +145,34 @@ def test_lpips_loss_compares_each_channel_as_a_grey_rgb_image():
     assert torch.allclose(a[:, 1], x_rec.reshape(6, 4, 5) * 2 - 1)  # scaled to [-1, 1]
     assert torch.allclose(r[:, 1], x.reshape(6, 4, 5) * 2 - 1)
     assert out.item() == pytest.approx(float((2 * (x_rec - x)).abs().mean()), rel=1e-6)
+
+
+def test_lpips_is_built_from_the_files_on_disk_and_never_downloads(capsys, monkeypatch, tmp_path):
+    asked, built = [], []
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+
+    def files(net="vgg"):
+        asked.append(net)
+        return [weights]
+
+    class FakeLPIPS(torch.nn.Module):  # the lpips package's class, as load_lpips calls it
+        def __init__(self, **kw):
+            super().__init__()
+            built.append(kw)
+
+    monkeypatch.setattr(losses, "lpips_weight_files", files)
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=FakeLPIPS))
+    loss = losses.load_lpips("on", net="alex")
+    assert isinstance(loss, losses.LPIPSLoss) and isinstance(loss.net, FakeLPIPS)
+    assert asked == ["alex"] and built == [dict(net="alex", pretrained=True, verbose=False)]
+    # without the package: auto says so and goes on, on refuses with the reason
+    monkeypatch.setattr(losses, "lpips_weight_files", lambda net="vgg": None)
+    assert losses.load_lpips("auto") is None
+    assert "LPIPS is not installed (no `lpips` package); continuing" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=r"LPIPS is not installed \(no `lpips` package\) "
+                                                r"\(the perceptual loss was requested"):
+        losses.load_lpips("on")
 
 
 def test_ema_update_and_state_dict():
