@@ -36,6 +36,8 @@ def test_diffusion_learns_and_the_detector_loads_the_result(ae_ckpt, tmp_path):
     assert path == out / "model.pt"
     bce = loss_series(out / "log.jsonl", "bce")
     assert len(bce) == 8
+    # a smoke test only: a wrong training step lowers the loss too (test_diffusion_step.py checks
+    # the step exactly)
     assert bce[0] == pytest.approx(np.log(2), abs=0.02)  # zero-initialised output: p = 1/2
     assert sum(bce[-3:]) / 3 < sum(bce[:2]) / 2 - 0.015, bce
     assert (out / "samples" / "step_0000040.png").is_file()
