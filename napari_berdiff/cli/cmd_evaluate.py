@@ -76,6 +76,7 @@ def run(args) -> int:
 
     if args.steps is not None and not 1 <= args.steps <= args.L:
         raise CLIError(f"--steps must lie in 1..L={args.L}")
+    model_args.check_run_args(args)
     test, val = load_splits(args.prepared, args.max_slices, args.max_val_slices, not args.no_val)
     det = model_args.load_detector(args)
     if int(test.images.shape[1]) != det.in_channels:

@@ -104,6 +104,7 @@ def run(args) -> int:
     Ls, Ps = sorted(set(args.L)), sorted(set(args.P))
     if min(Ls) < 1:
         raise CLIError("--L values must be >= 1")
+    model_args.check_run_args(args)
     box_L = args.box_L if args.box_L is not None else min(Ls, key=lambda v: abs(v - DEFAULTS.L))
     if box_L not in Ls:
         raise CLIError(f"--box-L {box_L} is not among --L {Ls}")

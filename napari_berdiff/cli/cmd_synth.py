@@ -30,6 +30,7 @@ def register(sub) -> None:
     o.add_argument("--per-patient", type=int, default=2, help="B-scans per synthetic patient (default 2)")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--overwrite", action="store_true", help="replace existing files")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
     o.set_defaults(func=run_oct)
 
 
@@ -46,19 +47,26 @@ def _check_counts(**counts: int) -> None:
                          + ", ".join(f"--{k}" for k in counts))
 
 
-def run_brats(args) -> int:
+def _bar(total: int, unit: str, quiet: bool):
+    """``(progress(done, total), close())`` of a tqdm bar on stderr (no-ops when ``quiet``)."""
     from tqdm import tqdm
 
-    from ..core.synth.brain import write_brats_dataset
-
-    counts = dict(healthy=args.healthy, tumour=args.tumour, cavity=args.cavity, ventricle=args.ventricle)
-    _check_counts(**counts)
-    bar = None if args.quiet else tqdm(total=sum(counts.values()), unit="case", file=sys.stderr)
+    bar = None if quiet else tqdm(total=total, unit=unit, file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         if bar is not None:
             bar.n = done
             bar.refresh()
+
+    return progress, (bar.close if bar is not None else (lambda: None))
+
+
+def run_brats(args) -> int:
+    from ..core.synth.brain import write_brats_dataset
+
+    counts = dict(healthy=args.healthy, tumour=args.tumour, cavity=args.cavity, ventricle=args.ventricle)
+    _check_counts(**counts)
+    progress, close = _bar(sum(counts.values()), "case", args.quiet)
 
     try:
         rows = write_brats_dataset(args.out, n_healthy=args.healthy, n_tumour=args.tumour,
@@ -67,8 +75,7 @@ def run_brats(args) -> int:
     except FileExistsError as err:
         raise _cli_clash(err) from None
     finally:
-        if bar is not None:
-            bar.close()
+        close()
     print(f"wrote {len(rows)} case(s) to {args.out}")
     return 0
 
@@ -77,10 +84,14 @@ def run_oct(args) -> int:
     from ..core.synth.oct import write_oct_dataset
 
     _check_counts(normal=args.normal, drusen=args.drusen)
+    progress, close = _bar(args.normal + args.drusen, "B-scan", args.quiet)
     try:
         rows = write_oct_dataset(args.out, n_normal=args.normal, n_drusen=args.drusen, seed=args.seed,
-                                 scans_per_patient=args.per_patient, overwrite=args.overwrite)
+                                 scans_per_patient=args.per_patient, overwrite=args.overwrite,
+                                 progress=progress)
     except FileExistsError as err:
         raise _cli_clash(err) from None
+    finally:
+        close()
     print(f"wrote {len(rows)} B-scan(s) to {args.out}")
     return 0

@@ -5,11 +5,16 @@ from __future__ import annotations
 import sys
 
 
-def add_model_args(p, required_model: bool = False) -> None:
-    g = p.add_mutually_exclusive_group(required=True)
+def add_model_args(p, required_model: bool = False, optional: bool = False) -> None:
+    """``--model CKPT`` / ``--bundled brats|oct`` (one of them required unless ``optional``:
+    then :func:`bundled_for` picks the bundled model for the inputs), ``--device`` and the speed
+    options."""
+    g = p.add_mutually_exclusive_group(required=not optional)
     g.add_argument("--model", metavar="CKPT", help="a checkpoint with autoencoder and U-Net")
     if not required_model:
-        g.add_argument("--bundled", choices=("brats", "oct"), help="a model bundled with the package")
+        g.add_argument("--bundled", choices=("brats", "oct"), help="a model bundled with the package"
+                       + (" (default: the one for the inputs: brats for BraTS cases and 4-channel "
+                          "NIfTI volumes, oct for 2D images)" if optional else ""))
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     add_speed_args(p)
 
@@ -61,6 +66,27 @@ def add_speed_args(p) -> None:
                         "is set)")
 
 
+def check_run_args(args) -> None:
+    """Options shared by the commands that run a model, refused in one line (CLIError):
+    ``--threads`` below 1, a negative ``--seed``, ``--P`` outside [0, 1] (lists included)."""
+    import math
+
+    from . import CLIError
+
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise CLIError(f"--threads must be at least 1 (torch CPU threads; leave it out for the "
+                       f"default), got {threads}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and seed < 0:
+        raise CLIError(f"--seed must be 0 or more, got {seed}")
+    Ps = getattr(args, "P", None)
+    for P in (Ps if isinstance(Ps, (list, tuple)) else [] if Ps is None else [Ps]):
+        if not (math.isfinite(P) and 0.0 <= P <= 1.0):
+            raise CLIError(f"--P must lie in [0, 1] (0: every latent bit resampled, 1: none), "
+                           f"got {P}")
+
+
 def add_batch_size_arg(p, help_extra: str = "", default="auto") -> None:
     """``--batch-size auto|N``: trajectories (slices x thresholds) per network call."""
     from ..core.inference.batching import parse_batch_size
@@ -77,6 +103,51 @@ def add_batch_size_arg(p, help_extra: str = "", default="auto") -> None:
             else f"auto (as many as the free memory allows) or a number (default {default})")
     p.add_argument("--batch-size", type=_parse, default=default, metavar="auto|N",
                    help="slices x thresholds per network call: " + what + help_extra)
+
+
+def bundled_for(items) -> tuple[str, str]:
+    """``(modality, why)`` of the bundled model that fits the inputs (:class:`InputItem` s of
+    :func:`~napari_berdiff.core.io.batch_io.discover_inputs`): ``brats`` for BraTS case folders
+    and 4D NIfTI volumes with 4 channels, ``oct`` for 2D images. CLIError when the inputs need
+    different models or when their kind does not tell (e.g. a 3D NIfTI volume)."""
+    from . import CLIError
+
+    kinds: dict[str, list] = {}
+    for it in items:
+        modality = "" if it.kind == "invalid" else _modality_of(it)
+        if modality != "":  # invalid or unreadable inputs fail on their own when they run
+            kinds.setdefault(modality, []).append(it)
+    if None in kinds:
+        it = kinds[None][0]
+        raise CLIError(f"cannot tell which bundled model fits {it.path} (a {it.kind} input that is "
+                       "neither a 4-channel brain volume nor a 2D image); pass --bundled brats|oct "
+                       "or --model CKPT")
+    if len(kinds) > 1:
+        raise CLIError(f"the inputs need different models (BraTS-style volumes such as "
+                       f"{kinds['brats'][0].path} and 2D images such as {kinds['oct'][0].path}); "
+                       "run them separately or pass --model CKPT")
+    if not kinds:
+        return "brats", "no valid input"
+    (modality,) = kinds
+    why = "4-channel brain inputs" if modality == "brats" else "2D images"
+    return modality, why
+
+
+def _modality_of(item) -> str | None:
+    """"brats", "oct", None (cannot tell) or "" (unreadable)."""
+    if item.kind == "brats_case":
+        return "brats"
+    if item.kind == "image":
+        return "oct"
+    if item.kind == "nifti":
+        try:
+            import nibabel as nib
+
+            shape = nib.load(str(item.path)).shape
+        except Exception:  # unreadable: its own failure is reported when it runs
+            return ""
+        return "brats" if len(shape) == 4 and shape[-1] == 4 else None
+    return None
 
 
 def resolve_batch_size(det, value) -> int:

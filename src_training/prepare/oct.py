@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_berdiff.core.io.readers import DataError, is_image
+from napari_berdiff.core.io.readers import DataError, is_image, is_mask_folder
 from src_training.prepare.common import (IMAGE_SCALING_DOC, check_params, finish, image_job,
                                          parallel_map, progress, skip_or_raise, split_by_group,
                                          split_writers)
@@ -27,7 +27,7 @@ Item = tuple[Path, "Path | None"]
 def _class_dirs(d: Path) -> dict[str, Path]:
     out = {}
     for c in sorted(d.iterdir()) if d.is_dir() else []:
-        if c.is_dir() and not c.name.lower().endswith("_masks") and any(
+        if c.is_dir() and not is_mask_folder(c) and any(
                 is_image(f) for f in c.iterdir()):
             out[c.name.upper()] = c
     return out

@@ -42,16 +42,24 @@ def _meminfo_available() -> int | None:
         return None
 
 
+_CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # v2
+                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes",  # v1
+                  "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:  # closed at once (no ResourceWarning, e.g. as a napari toast)
+        return fh.read().strip()
+
+
 def _cgroup_available() -> int | None:
     """Room left under a container's memory limit (cgroup v2 or v1), or None without a limit."""
-    for limit_f, usage_f in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                             ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                              "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_f, usage_f in _CGROUP_FILES:
         try:
-            limit = open(limit_f).read().strip()
+            limit = _read(limit_f)
             if limit == "max" or int(limit) >= 1 << 60:
                 return None
-            return max(0, int(limit) - int(open(usage_f).read().strip()))
+            return max(0, int(limit) - int(_read(usage_f)))
         except (OSError, ValueError):
             continue
     return None

@@ -67,6 +67,12 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_EXTENSIONS)
 
 
+def is_mask_folder(path: str | Path) -> bool:
+    """A folder of ground-truth masks in an OCT2017-style tree (``<CLASS>_masks/`` beside
+    ``<CLASS>/``): labels, not B-scans."""
+    return Path(path).name.lower().endswith("_masks")
+
+
 def is_image(path: str | Path) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
@@ -120,8 +126,8 @@ def load_nifti(path: str | Path, *, nan_policy: str = "raise",
         n_nan = int(np.count_nonzero(np.isnan(data)))
         if nan_policy == "raise":
             raise DataError(p, f"{p.name} contains {n_bad} non-finite values (NaN: {n_nan}, "
-                               f"Inf: {n_bad - n_nan}) out of {data.size}; pass nan_policy='zero' "
-                               "to replace them with 0")
+                               f"Inf: {n_bad - n_nan}) out of {data.size}; replace them with 0 by "
+                               "nan_policy='zero' (berdiff detect --nan-policy zero)")
         data = np.where(finite, data, np.float32(0))
     affine = img.affine
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)

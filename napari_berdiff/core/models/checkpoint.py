@@ -158,6 +158,24 @@ def _plain(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+_TORCH_LEGACY_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _pickle_kind(path: Path) -> str | None:
+    """What a non-zip file is when it is a pickle (protocol 2+): an old-format PyTorch file
+    (``torch.save(..., _use_new_zipfile_serialization=False)``) or a plain Python pickle."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    if len(head) < 3 or head[0] != 0x80 or not 2 <= head[1] <= 5:
+        return None
+    if head[2:2 + len(_TORCH_LEGACY_MAGIC)] == _TORCH_LEGACY_MAGIC:
+        return "an old-format (non-zip) PyTorch pickle"
+    return "a Python pickle"
+
+
 def load_raw(path: str | os.PathLike) -> dict:
     """``torch.load(weights_only=True)`` with clear errors for missing, corrupt or unsafe files."""
     path = Path(path)
@@ -166,6 +184,12 @@ def load_raw(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if not zipfile.is_zipfile(path):
+        kind = _pickle_kind(path)
+        if kind:
+            raise CheckpointError(
+                f"refusing to load {path}: it is {kind}, and unpickling it could run arbitrary "
+                "code; only zip-format checkpoints are read (weights_only). Re-save it from a "
+                "trusted copy with a current torch.save, or train / export it with berdiff")
         raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint file "
                               f"(corrupt, truncated, or another format)")
     try:
@@ -186,6 +210,18 @@ def load_raw(path: str | os.PathLike) -> dict:
     if int(obj.get("version", -1)) > VERSION:
         raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}; this napari-berdiff reads <= {VERSION}")
     return obj
+
+
+def weights_sha256(ck: Checkpoint) -> str:
+    """A hash of a checkpoint's network weights only (names, dtypes, shapes, bytes): rewriting
+    its meta (e.g. ``berdiff calibrate``) does not change it, retraining or exporting does."""
+    h = hashlib.sha256()
+    for part in (ck.ae_state or {}, ck.unet_state or {}):
+        for k in sorted(part):
+            t = part[k].detach().cpu().contiguous()
+            h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

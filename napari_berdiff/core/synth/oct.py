@@ -182,8 +182,9 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 
 def write_oct_dataset(root: str | Path, n_normal: int = 0, n_drusen: int = 0, seed: int = 0,
                       scans_per_patient: int = 2, overwrite: bool = False, quality: int = 95,
-                      first_patient_id: int = 1000001) -> list[dict]:
-    """Write OCT2017-style folders; returns the manifest rows.
+                      first_patient_id: int = 1000001, progress=None) -> list[dict]:
+    """Write OCT2017-style folders; returns the manifest rows (``progress(done, total)`` is called
+    after each B-scan).
 
     ``root/NORMAL/NORMAL-<patient>-<k>.jpeg`` and ``root/DRUSEN/DRUSEN-<patient>-<k>.jpeg`` (uint8
     grayscale JPEG, 496 x 512), plus ``root/DRUSEN_masks/DRUSEN-<patient>-<k>.png`` (0 / 255) and
@@ -231,6 +232,8 @@ def write_oct_dataset(root: str | Path, n_normal: int = 0, n_drusen: int = 0, se
                      "class": cls, "patient": pid, "k": k, "seed": scan_seed,
                      "patient_seed": patient_seed, "n_drusen": meta["n_drusen"],
                      "mask_area_px": meta["mask_area_px"], "eye": meta["eye"]})
+        if progress is not None:
+            progress(len(rows), len(jobs))
     atomic_write_bytes(root / "synth_oct_manifest.json",
                        json.dumps({"seed": int(seed), "images": rows}, indent=1).encode())
     return rows
