@@ -10,11 +10,13 @@ from typing import Sequence
 from . import cmd_configs, cmd_inspect, cmd_prepare, cmd_train
 from . import cmd_detect, cmd_diagnose, cmd_evaluate, cmd_grid
 from . import cmd_demo, cmd_export, cmd_synth
+from . import cmd_calibrate
 
 # modules exposing register(subparsers); later subcommands append themselves here
 COMMANDS = [cmd_configs, cmd_inspect, cmd_prepare, cmd_train]
 COMMANDS += [cmd_detect, cmd_evaluate, cmd_grid, cmd_diagnose]
 COMMANDS += [cmd_synth, cmd_export, cmd_demo]
+COMMANDS += [cmd_calibrate]
 
 
 class CLIError(Exception):

@@ -19,8 +19,9 @@ encodings, same seeds per slice). Protocols, per method:
   median-filtered, *unnormalised* map (comparable across slices); pooled Dice (and the mean
   per-diseased-slice Dice) at the threshold maximising pooled Dice on the validation split.
 * image level: AUROC of the masked fraction (``masked`` only: P = 0 masks everything and P = 1
-  nothing) and of the segmented area at the validation threshold (every method), healthy vs
-  diseased over all test slices.
+  nothing), of the segmented area at the validation threshold (every method), of the peak (the
+  robust maximum of :mod:`..inference.triage`, every method) and, for a calibrated model, of the
+  area above its calibrated threshold (``masked`` only), healthy vs diseased over all test slices.
 * PSNR on healthy and on diseased slices separately (the autoencoder should reproduce anomalies).
 
 Pixel labels: OCT scans of a diseased class without a mask file (``has_mask`` False) count for
@@ -42,14 +43,17 @@ import numpy as np
 
 from .metrics import (DiceSweep, PooledRanking, auprc, auroc, default_thresholds, dice,
                       image_auroc, paper_slice_metrics, psnr, summarize)
+from ..inference.calibration import Calibration, foreground
 from ..inference.postprocess import paper_anomaly_map, remove_small_components
 from ..inference.settings import DEFAULTS, POST
+from ..inference.triage import peak
 
 __all__ = ["evaluate", "MODEL_METHODS", "ALL_METHODS", "threshold_channel"]
 
 MODEL_METHODS = {"masked": None, "unmasked": 0.0, "ae_only": 1.0}  # None: the P asked for
 ALL_METHODS = ("masked", "unmasked", "ae_only", "threshold")
-PER_SLICE = ("dice", "auprc", "auroc", "psnr", "dice_val_threshold", "area", "masked_fraction")
+PER_SLICE = ("dice", "auprc", "auroc", "psnr", "dice_val_threshold", "area", "masked_fraction",
+             "peak", "area_calibrated")
 
 
 def threshold_channel(meta: dict) -> int:
@@ -77,11 +81,9 @@ def _as_float(a) -> np.ndarray:
 
 def _brain(x: np.ndarray) -> np.ndarray:
     """(N, H, W) brain masks: input > 0 in any channel, holes filled (dark lesions at the
-    normalisation's lower clip are exactly 0 in every channel but lie inside the brain)."""
-    from scipy import ndimage
-
-    fg = (x > 0).any(axis=1)
-    return np.stack([ndimage.binary_fill_holes(f) for f in fg]) if len(fg) else fg
+    normalisation's lower clip are exactly 0 in every channel but lie inside the brain); the
+    foreground of :func:`..inference.calibration.foreground`."""
+    return foreground(x)
 
 
 def _n_ticks(n: int, k: int, batch_size: int, n_steps: int) -> int:
@@ -153,6 +155,8 @@ def evaluate(detector, eval_split, val_split=None, *, L: int = DEFAULTS.L, P: fl
         return x, res, maps
 
     # ---- validation split: Dice thresholds for the strict protocol and the intensity baseline
+    cal = Calibration.from_meta(getattr(detector, "meta", None))
+    cal_thr = float("nan") if cal is None else cal.default_threshold
     grids = {m: default_thresholds("error", float(C)) for m in model}
     if "threshold" in methods:
         grids["threshold"] = default_thresholds("linear", 1.0, 99)
@@ -192,6 +196,7 @@ def evaluate(detector, eval_split, val_split=None, *, L: int = DEFAULTS.L, P: fl
         x, res, maps = run(eval_split, a, b)
         y_all = np.asarray(eval_split.labels[a:b]).astype(bool)
         brain = _brain(x) if brain_mask else None
+        fg = brain if brain is not None else (_brain(x) if cal is not None else None)
         for m in methods:
             ps = per_slice[m]
             thr = val_thr[m]
@@ -199,6 +204,11 @@ def evaluate(detector, eval_split, val_split=None, *, L: int = DEFAULTS.L, P: fl
                 g = a + i
                 v = None if brain is None else brain[i]
                 amap = maps[m][i]
+                ps["peak"][g] = float(peak(amap if v is None else np.where(v, amap, 0)))
+                if m == "masked" and cal is not None:
+                    cs = remove_small_components((amap > cal_thr) & fg[i], min_size,
+                                                 connectivity)  # as berdiff detect segments
+                    ps["area_calibrated"][g] = float(cs.sum())
                 seg = None
                 if np.isfinite(thr):
                     seg = remove_small_components(amap > thr, min_size, connectivity)
@@ -260,6 +270,10 @@ def evaluate(detector, eval_split, val_split=None, *, L: int = DEFAULTS.L, P: fl
                                        if m == "masked" else float("nan"))
         row["image_auroc_area"] = (image_auroc(ps["area"], ~healthy)
                                    if np.isfinite(val_thr[m]) else float("nan"))
+        row["image_auroc_peak"] = image_auroc(ps["peak"], ~healthy)
+        row["image_auroc_area_calibrated"] = (image_auroc(ps["area_calibrated"], ~healthy)
+                                              if m == "masked" and cal is not None
+                                              else float("nan"))
         row.update(timing.get(m, {"seconds_per_image": float("nan"), "peak_mem_mb": float("nan")}))
         rows.append(row)
 
@@ -269,6 +283,9 @@ def evaluate(detector, eval_split, val_split=None, *, L: int = DEFAULTS.L, P: fl
         "batch_size": int(batch_size), "sweep_P": sweep_P, "min_size": int(min_size),
         "connectivity": int(connectivity), "median_size": int(median_size),
         "brain_mask": bool(brain_mask), "threshold_channel": thr_ch,
+        "calibrated_threshold": cal_thr,
+        "calibration": None if cal is None else {k: cal.source.get(k) for k in (
+            "L", "P", "steps", "seed", "n_slices", "prepared", "data")},
         "dataset": meta.get("dataset"), "channels": meta.get("channels"),
         "n_test": N, "n_test_healthy": int(healthy.sum()), "n_test_diseased": int((~healthy).sum()),
         "n_test_pixel_labelled": int(lab_ok.sum()), "n_val": len(val_split) if has_val else 0,

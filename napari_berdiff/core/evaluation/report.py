@@ -23,8 +23,8 @@ CSV_COLUMNS = ("method", "P", "paper_dice", "paper_dice_std", "paper_auprc", "pa
                "paper_auroc", "paper_auroc_std", "paper_n", "psnr_diseased", "psnr_diseased_std",
                "psnr_healthy", "psnr_healthy_std", "strict_auprc", "strict_auroc", "strict_exact",
                "val_threshold", "val_dice", "strict_dice", "strict_dice_mean",
-               "image_auroc_fraction", "image_auroc_area", "seconds_per_image", "peak_mem_mb",
-               "mem_kind")
+               "image_auroc_fraction", "image_auroc_area", "image_auroc_peak",
+               "image_auroc_area_calibrated", "seconds_per_image", "peak_mem_mb", "mem_kind")
 LABELS = {"masked": "masked Bernoulli", "unmasked": "unmasked (P=0)",
           "ae_only": "autoencoder only", "threshold": "intensity threshold"}
 
@@ -89,6 +89,7 @@ def markdown_table(results: dict) -> str:
         lines += ["", f"n/a in 'Dice pooled (val thr)' (and for the intensity threshold): {why}, "
                       "so no threshold could be chosen on it; prepare the data with diseased "
                       "validation slices (e.g. a larger or different --split)."]
+    lines += _triage_table(results)
     kinds = results.get("per_kind") or {}
     if kinds:
         methods = [r["method"] for r in results.get("methods", [])]
@@ -100,6 +101,24 @@ def markdown_table(results: dict) -> str:
             cells = [_pm({"d": e[m]["dice"], "d_std": e[m]["dice_std"]}, "d") for m in methods]
             lines.append(f"| {kind} | {e['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _triage_table(results: dict) -> list[str]:
+    """Image AUROC (healthy vs diseased test slices) of each triage score per method."""
+    cfg = results.get("config", {})
+    thr = cfg.get("calibrated_threshold")
+    cal = ("uncalibrated model: n/a" if thr is None or not math.isfinite(thr)
+           else f"threshold {thr:.4g}")
+    out = ["", "Image AUROC of the triage scores (docs/thresholds.md; healthy vs diseased test "
+               "slices; peak = 99.9th percentile of the filtered map):", "",
+           f"| method | masked fraction | area (val thr) | area (calibrated; {cal}) | peak |",
+           "|---|---|---|---|---|"]
+    for r in results.get("methods", []):
+        out.append(f"| {LABELS.get(r['method'], r['method'])} | "
+                   f"{_f(r.get('image_auroc_fraction'))} | {_f(r.get('image_auroc_area'))} | "
+                   f"{_f(r.get('image_auroc_area_calibrated'))} | "
+                   f"{_f(r.get('image_auroc_peak'))} |")
+    return out
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:

@@ -5,10 +5,10 @@ models were trained) and run axial slice by axial slice with :meth:`Detector.det
 (intensities normalised as the checkpoint records; the voxel size sets the field of view of
 BraTS-style models); the outputs go back to the file's own voxel order and affine. 2D images run
 as one slice. The anomaly map written is the paper's: per-channel
-squared error, 5x5 median filter, summed over channels. The segmentation is
-:func:`.postprocess.segment_map` of the settings' post-processing per slice (paper protocol, or,
-with ``abs_threshold``, ``map > abs_threshold``: e.g. a threshold chosen by ``berdiff evaluate``
-on a validation split; then slices without anomalies stay empty). Slices not selected are 0.
+squared error, 5x5 median filter, summed over channels. The segmentation follows the rule of
+:func:`.calibration.resolve_rule`: by default ``map > `` the model's calibrated threshold (a
+model without calibration falls back to the paper protocol, ``segment(normalize_map(map),
+threshold, min_size)`` per slice), or ``map > abs_threshold``. Slices not selected are 0.
 """
 
 from __future__ import annotations
@@ -17,23 +17,65 @@ import csv
 import io
 import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..io.batch_io import AtomicFiles, InputItem, output_paths, parse_slices
+from ..io.batch_io import OUTPUT_TAG, AtomicFiles, InputItem, output_paths, parse_slices
 from ..io.readers import DataError, find_brats_case, load_brats_case, load_image_2d, load_nifti
 from ..io.input_kinds import CLINICAL_KINDS, load_clinical, model_order
 from ..io.orientation import canonical_zooms, from_canonical, to_canonical
-from .postprocess import paper_anomaly_map, segment_map
+from .calibration import Calibration, foreground, rule_for
+from .triage import TRIAGE_RULES, triage_input
+from .uncertainty import Sampled
+from .postprocess import paper_anomaly_map
 from .settings import DetectSettings
 
-__all__ = ["DetectSettings", "load_item", "run_item"]
+__all__ = ["DetectSettings", "load_item", "run_item", "detect_item", "summary_path",
+           "summary_rows", "item_outputs"]
 
 
-def load_item(item: InputItem, channels: int, names=None) -> tuple[np.ndarray, np.ndarray | None, Any]:
+def item_outputs(item: InputItem, out_dir, samples: int = 1) -> dict[str, Path]:
+    """The files :func:`run_item` writes for ``item``: :func:`..io.batch_io.output_paths`, plus
+    ``spread`` (beside the anomaly map) when ``samples`` > 1."""
+    paths = output_paths(item, out_dir)
+    if samples > 1:
+        a = paths["anomaly"]
+        paths["spread"] = a.with_name(a.name.replace(f"{OUTPUT_TAG}anomaly", f"{OUTPUT_TAG}spread"))
+    return paths
+
+
+def summary_path(out_dir, rank: int = 0, world: int = 1) -> Path:
+    """The summary of ``berdiff detect`` in ``out_dir`` (inputs ranked by their triage scores):
+    one file per process when several share the inputs."""
+    name = "berdiff_summary.csv" if world <= 1 else f"berdiff_summary_rank{rank}.csv"
+    return Path(out_dir) / name
+
+
+def summary_rows(out_dir) -> list[dict]:
+    """One row per input whose results lie in ``out_dir`` (any run): the triage scores of each
+    ``*_berdiff_provenance.json`` below it (those of older versions, without scores, are left
+    out), for :func:`.triage.rank_inputs`."""
+    rows = []
+    for p in sorted(Path(out_dir).rglob(f"*{OUTPUT_TAG}provenance.json")):
+        try:
+            prov = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        tri = prov.get("triage") if isinstance(prov, dict) else None
+        if isinstance(tri, dict) and "peak" in tri:
+            rows.append({**{k: v for k, v in tri.items() if k != "rules"},
+                         "input": prov.get("input"), "outputs": f"{prov.get('name')}{OUTPUT_TAG}*"})
+    return rows
+
+
+def load_item(item: InputItem, channels: int, nan_policy: str = "raise",
+              names=None) -> tuple[np.ndarray, np.ndarray | None, Any]:
     """``(data, affine, nibabel header)``: volumes as (C, X, Y, Z) raw intensities, 2D images as
-    (1, H, W) in [0, 1] (affine and header None). DICOM and OCT volumes come from
+    (1, H, W) in [0, 1] (affine and header None); ``nan_policy`` for NaN/Inf voxels of volumes
+    (see :func:`..io.readers.load_nifti`). DICOM and OCT volumes come from
     :func:`..io.input_kinds.load_clinical` (header None; ``names``: the model's channel names,
     which DICOM series are matched to). Raises DataError naming the file."""
     if item.kind in CLINICAL_KINDS:
@@ -43,13 +85,13 @@ def load_item(item: InputItem, channels: int, names=None) -> tuple[np.ndarray, n
         if channels != 4:
             raise DataError(item.path, f"{item.path.name} is a BraTS case (4 channels) but the "
                                        f"model expects {channels} channel(s)")
-        vol, _, affine = load_brats_case(item.path)
+        vol, _, affine = load_brats_case(item.path, nan_policy=nan_policy)
         import nibabel as nib
 
         header = nib.load(str(find_brats_case(item.path)["flair"])).header
         return vol, affine, header
     if item.kind == "nifti":
-        data, affine, hdr = load_nifti(item.path)
+        data, affine, hdr = load_nifti(item.path, nan_policy=nan_policy)
         while data.ndim > 3 and data.shape[-1] == 1:
             data = data[..., 0]
         if data.ndim == 2:
@@ -100,49 +142,111 @@ def _png(path, arr: np.ndarray) -> None:
     Image.fromarray(np.asarray(arr, np.uint8)).save(str(path))
 
 
-def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
-             batch_size: int | str = "auto", slices: str | None = None,
-             progress: Callable[[Any], None] | None = None, extra: dict | None = None) -> dict:
-    """Detect on one input with the settings ``s`` (P, not the sweep) and write its outputs
-    atomically; ``slices``: a ``--slices`` spec of the volume's axial slices. Returns a short
-    summary."""
+@dataclass
+class Detected:
+    """One input run through the model the way ``berdiff detect`` runs it (:func:`detect_item`)."""
+
+    res: Any  # the detector's result (one P)
+    amap: np.ndarray  # (n, h, w) filtered map of the slices run
+    slices: list[int]  # their axial numbers in RAS order ([0] for a 2D image)
+    data: np.ndarray  # the input as read: (C, X, Y, Z) or (1, H, W)
+    affine: Any = None
+    header: Any = None
+    vol: np.ndarray | None = None  # volumes: the input in RAS voxel order
+    ornt: Any = None
+    orient: dict | None = None
+    slices_rule: str = "all"
+
+
+def detect_item(detector, item: InputItem, s: DetectSettings, *, slices=None,
+                spec: str | None = None, batch_size: int | str = "auto",
+                nan_policy: str = "raise", all_slices: bool = False,
+                progress: Callable[[Any], None] | None = None) -> Detected:
+    """Read ``item`` and run it through ``detector`` with the settings ``s`` (P, not the sweep;
+    K samples when ``s.samples`` > 1): volumes in RAS order at their voxel size, axial slice by
+    slice (the list ``slices``, else the ``--slices`` text ``spec``, else, unless ``all_slices``,
+    the calibrated range for volumes of the calibrated depth, else all); 2D images whole.
+    ``nan_policy`` for NaN/Inf voxels (:func:`load_item`). Returns the result and the filtered
+    map."""
     C = detector.in_channels
-    data, affine, header = load_item(item, C, (detector.meta or {}).get("channel_names"))
+    data, affine, header = load_item(item, C, nan_policy, (detector.meta or {}).get("channel_names"))
     _check_modality(detector, item)
+    model = Sampled(detector, s.samples) if s.samples > 1 else detector
     kw = dict(L=s.L, P=[float(s.P)], steps=s.S, seed=s.seed, batch_size=batch_size,
               progress=progress)
-    orient = None
     if item.is_2d:
-        idx = [0]
-        res = detector.detect(data[None], indices=idx, **kw)
+        res = model.detect(data[None], indices=[0], **kw)
+        out = Detected(res, np.empty(0), [0], data, affine, header)
     else:
         # the model sees axial slices in RAS order whatever the file's voxel order (BraTS: LPS)
         ornt, orient = model_order(item.kind, affine)  # OCT volumes: B-scans as displayed
         vol = to_canonical(data, ornt)
-        n_z = vol.shape[-1]
-        idx = parse_slices(slices, n_z) or list(range(n_z))
-        res = detector.detect_volume(vol, slice_axis=-1, slices=idx,
-                                     spacing=canonical_zooms(affine, ornt), **kw)
-    rec = res.reconstruction[0]  # (n, C, h, w)
+        idx, rule = _slices(detector, vol.shape[-1], slices, spec, all_slices)
+        res = model.detect_volume(vol, slice_axis=-1, slices=idx,
+                                  spacing=canonical_zooms(affine, ornt), **kw)
+        out = Detected(res, np.empty(0), idx, data, affine, header, vol, ornt, orient, rule)
+    out.amap = paper_anomaly_map(res.input, res.reconstruction[0], s.post.median_size)
+    return out
+
+
+def _slices(detector, n_z: int, slices, spec: str | None,
+            all_slices: bool) -> tuple[list[int], str]:
+    """The axial slices a volume runs and why (see :func:`detect_item`)."""
+    if slices is not None:
+        return [int(i) for i in slices], "given"
+    idx = parse_slices(spec, n_z)
+    if idx:
+        return idx, f"--slices {spec}"
+    cal = None if all_slices else Calibration.from_meta(detector.meta)
+    rng = None if cal is None else cal.slice_range_for(n_z)
+    if rng is not None:
+        return list(range(rng[0], rng[1] + 1)), (
+            f"{rng[0]}..{rng[1]}: the axial range the model was calibrated on (volumes of {n_z} "
+            "slices); the others are not run")
+    return list(range(n_z)), "all"
+
+
+def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
+             batch_size: int | str = "auto", slices: str | None = None,
+             nan_policy: str = "raise", all_slices: bool = False,
+             progress: Callable[[Any], None] | None = None, extra: dict | None = None) -> dict:
+    """Detect on one input with the settings ``s`` (see :func:`detect_item` for the options) and
+    write its outputs atomically; returns a short summary with the input's triage scores."""
+    d = detect_item(detector, item, s, spec=slices, batch_size=batch_size, nan_policy=nan_policy,
+                    all_slices=all_slices, progress=progress)
     pp = s.post
-    amap = paper_anomaly_map(res.input, rec, pp.median_size)  # (n, h, w)
-    seg = segment_map(amap, pp)
-    paths = output_paths(item, out_dir)
+    res, amap, idx, data, affine, header = d.res, d.amap, d.slices, d.data, d.affine, d.header
+    vol, ornt, orient = d.vol, d.ornt, d.orient
+    rec = res.reconstruction[0]  # (n, C, h, w)
+    rule = rule_for(detector.meta, pp)
+    fg = foreground(res.input)
+    seg = rule.apply(amap, pp.min_size, pp.connectivity, within=fg)
+    per, scores = triage_input(amap, res.input, res.masked_fraction[0], idx,
+                               res.provenance.get("skipped_slices", ()),
+                               Calibration.from_meta(detector.meta), pp.min_size, pp.connectivity)
+    paths = item_outputs(item, out_dir, s.samples)
     rows = [{"slice": int(z), "masked_fraction": float(res.masked_fraction[0, i]),
-             "anomaly_sum": float(amap[i].sum()),  # both from the written (median-filtered) map
-             "anomaly_max": float(amap[i].max()), "seg_pixels": int(seg[i].sum())}
+             "anomaly_sum": float(amap[i].sum()),  # all from the written (median-filtered) map
+             "anomaly_max": float(amap[i].max()), "seg_pixels": int(seg[i].sum()),
+             "peak": float(per["peak"][i]), "area_calibrated": float(per["area"][i]),
+             "foreground_pixels": int(per["foreground"][i])}
             for i, z in enumerate(idx)]
     prov = {"input": str(item.path.resolve()), "input_kind": item.kind, "name": item.name,
             **({"input_info": item.info} if item.info else {}),
             "outputs": {k: p.name for k, p in paths.items()},
-            "shape": list(data.shape), "slices": idx if len(idx) <= 4096 else [idx[0], idx[-1]],
+            "shape": list(data.shape), "nan_policy": nan_policy,
+            "slices": idx if len(idx) <= 4096 else [idx[0], idx[-1]],
+            "slices_rule": d.slices_rule,
             "segmentation": {"map": f"sum_c median_filter((x - x_rec)^2, {pp.median_size})",
-                             "rule": pp.rule(), "threshold": pp.threshold,
-                             "abs_threshold": pp.abs_threshold, "min_size": pp.min_size,
+                             **rule.to_dict(), "min_size": pp.min_size,
                              "connectivity": pp.connectivity},
+            "triage": {**scores, "slices": len(idx), "seg_pixels": int(seg.sum()),
+                       "rules": TRIAGE_RULES},
             "affine": None if affine is None else np.asarray(affine).tolist(),
             "orientation": orient,
             "detector": res.provenance, "command": " ".join(sys.argv), **(extra or {})}
+    spread = getattr(res, "spread", None)
+    spread = None if spread is None else spread[0]
     with AtomicFiles() as files:
         if item.is_2d:
             import tifffile
@@ -150,22 +254,27 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
             tifffile.imwrite(files.temp(paths["anomaly"]), amap[0].astype(np.float32))
             _png(files.temp(paths["seg"]), seg[0].astype(np.uint8) * 255)
             _png(files.temp(paths["recon"]), np.rint(np.clip(rec[0, 0], 0, 1) * 255))
+            if spread is not None:
+                tifffile.imwrite(files.temp(paths["spread"]), spread[0].astype(np.float32))
         else:
-            shape = vol.shape[1:]  # canonical (R, A, S); written back in the file's voxel order
-            a_vol, s_vol = np.zeros(shape, np.float32), np.zeros(shape, np.uint8)
-            r_vol = np.zeros((C,) + shape, np.float32)
-            a_vol[..., idx] = np.moveaxis(amap, 0, -1)
-            s_vol[..., idx] = np.moveaxis(seg, 0, -1)
-            r_vol[..., idx] = np.moveaxis(rec, 0, -1)
-            a_vol, s_vol = from_canonical(a_vol, ornt), from_canonical(s_vol, ornt)
-            r_vol = np.moveaxis(from_canonical(r_vol, ornt), 0, -1)
-            if C == 1:
-                r_vol = r_vol[..., 0]
-            if header is not None and len(header.get_data_shape()) == 2:  # a 2D NIfTI stays 2D
-                a_vol, s_vol, r_vol = a_vol[..., 0], s_vol[..., 0], r_vol[:, :, 0]
-            _nifti(files.temp(paths["anomaly"]), a_vol, affine, header, np.float32)
-            _nifti(files.temp(paths["seg"]), s_vol, affine, header, np.uint8)
-            _nifti(files.temp(paths["recon"]), r_vol, affine, header, np.float32)
+            two_d = header is not None and len(header.get_data_shape()) == 2  # stays 2D
+
+            def back(stack, dtype):  # (n, [C,] h, w) selected slices -> the file's voxel order
+                full = np.zeros(stack.shape[1:-2] + vol.shape[1:], dtype)
+                full[..., idx] = np.moveaxis(stack, 0, -1)
+                full = from_canonical(full, ornt) if full.ndim == 3 else np.moveaxis(
+                    from_canonical(full, ornt), 0, -1)  # channels last
+                if full.ndim == 4 and full.shape[-1] == 1:
+                    full = full[..., 0]
+                return full[:, :, 0] if two_d else full
+
+            _nifti(files.temp(paths["anomaly"]), back(amap, np.float32), affine, header,
+                   np.float32)
+            _nifti(files.temp(paths["seg"]), back(seg, np.uint8), affine, header, np.uint8)
+            _nifti(files.temp(paths["recon"]), back(rec, np.float32), affine, header, np.float32)
+            if spread is not None:
+                _nifti(files.temp(paths["spread"]), back(spread, np.float32), affine, header,
+                       np.float32)
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
@@ -173,4 +282,4 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
         files.temp(paths["scores"]).write_text(buf.getvalue())
         files.temp(paths["provenance"]).write_text(json.dumps(prov, indent=2, default=str) + "\n")
     return {"name": item.name, "slices": len(idx), "seg_pixels": int(seg.sum()),
-            "outputs": [str(p) for p in paths.values()]}
+            "outputs": [str(p) for p in paths.values()], "scores": scores}

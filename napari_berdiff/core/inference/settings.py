@@ -13,11 +13,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 __all__ = ["PostProcess", "DetectSettings", "DEFAULTS", "POST", "P_SWEEP", "GRID_L", "GRID_P",
-           "format_sweep"]
+           "format_sweep", "THRESHOLD_MODES", "DEFAULT_THRESHOLD_MODE", "DEFAULT_FPR"]
 
 P_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # sampled in one batch by the widget
 GRID_L = (50, 100, 200, 300)  # berdiff grid (the paper's Fig. 3)
 GRID_P = (0.1, 0.3, 0.5, 0.7, 0.9)
+# how a filtered map becomes a mask (core/inference/calibration.py, docs/thresholds.md)
+THRESHOLD_MODES = ("calibrated", "paper", "absolute")
+DEFAULT_THRESHOLD_MODE = "calibrated"  # a model without calibration falls back to "paper"
+DEFAULT_FPR = 1e-3  # berdiff calibrate's default: 0.1% of healthy foreground pixels
 
 
 def _help(text: str) -> dict:
@@ -30,23 +34,36 @@ class PostProcess:
     squared error, ``median_size`` median filter, summed over channels; per slice clipped to the
     [``low``, ``high``] percentiles and scaled to [0, 1]; ``> threshold``; components smaller than
     ``min_size`` pixels removed (``connectivity`` 2: 8-connected). With ``abs_threshold`` the
-    filtered map is thresholded directly instead (e.g. a threshold chosen on a validation split)."""
+    filtered map is thresholded directly instead (e.g. a threshold chosen on a validation split).
+    ``threshold_mode`` (None: absolute when ``abs_threshold`` is given, else calibrated) and
+    ``fpr`` choose between these and the model's calibrated threshold
+    (:func:`.calibration.rule_for`, which needs the model's meta; :func:`.postprocess.segment_map`
+    knows only the paper and absolute rules)."""
 
     median_size: int = 5
     low: float = 1.0
     high: float = 99.0
+    threshold_mode: str | None = field(default=None, metadata={
+        "help": "how the map becomes a mask: calibrated (default: map > the model's calibrated "
+                "threshold, see berdiff calibrate; a model without one falls back to paper and "
+                "says so), paper (the evaluation protocol: each slice's map scaled to its own "
+                "1-99th percentiles, > --threshold; every slice gets a mask), absolute (map > "
+                "--abs-threshold; implied by it)", "choices": THRESHOLD_MODES})
+    fpr: float | None = field(default=None, metadata={
+        "help": "calibrated mode: the threshold whose false-positive rate on healthy calibration "
+                f"pixels is F (default: the calibration's, {DEFAULT_FPR:g})", "metavar": "F"})
     threshold: float = field(default=0.5, metadata=_help(
-        "threshold on the per-slice normalised map (paper: 0.5)"))
-    abs_threshold: float | None = field(default=None, metadata=_help(
-        "threshold the median-filtered map directly instead (e.g. the val_threshold reported "
-        "by `berdiff evaluate`)"))
+        "paper mode: threshold on the per-slice normalised map (default {default})"))
+    abs_threshold: float | None = field(default=None, metadata={
+        "help": "absolute mode: threshold the median-filtered map at T (its healthy FPR is "
+                "reported for a calibrated model)", "metavar": "T"})
     min_size: int = field(default=10, metadata=_help(
         "remove segmented components smaller than this many pixels, 8-connected (paper 10; "
         "the released code 16)"))
     connectivity: int = 2
 
     def rule(self) -> str:
-        """The segmentation rule in words (provenance)."""
+        """The rule of :func:`.postprocess.segment_map` in words (provenance)."""
         if self.abs_threshold is not None:
             return "map > abs_threshold"
         return f"normalize_map ({self.low:g}-{self.high:g} percentile) > threshold"
@@ -70,6 +87,7 @@ class DetectSettings:
     P: float = 0.5
     steps: int | None = 20  # berdiff detect's and the widget's S; 20 matched S = 200 in Dice
     seed: int = 0
+    samples: int = 1  # stochastic reconstructions per slice (> 1: mean + spread; .uncertainty)
     p_sweep: tuple[float, ...] = P_SWEEP
     post: PostProcess = field(default_factory=PostProcess)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .readers import NIFTI_EXTENSIONS, is_image, is_nifti
+from .readers import NIFTI_EXTENSIONS, is_image, is_mask_folder, is_nifti
 from .input_kinds import file_input_kind, folder_input_kind, unsupported_reason
 from .atomic import atomic_write_text, publish_mode  # noqa: F401 (atomic_write_text: re-exported)
 
@@ -34,8 +34,9 @@ OUTPUT_TAG = "_berdiff_"
 _VOLUME_OUTPUTS = {"anomaly": "anomaly.nii.gz", "seg": "mask.nii.gz", "recon": "recon.nii.gz"}
 _IMAGE_OUTPUTS = {"anomaly": "anomaly.tif", "seg": "mask.png", "recon": "recon.png"}
 _TABLE_OUTPUTS = {"scores": "scores.csv", "provenance": "provenance.json"}
-_OWN_OUTPUT_RE = re.compile(r".+_berdiff_(anomaly|mask|recon|scores|provenance)"
-                            r"\.(nii\.gz|nii|tiff?|png|csv|json)$", re.IGNORECASE)
+_OWN_OUTPUT_RE = re.compile(r"(.+_berdiff_(anomaly|mask|recon|scores|provenance|spread)"
+                            r"\.(nii\.gz|nii|tiff?|png|csv|json)"
+                            r"|berdiff_summary(_rank\d+)?\.csv)$", re.IGNORECASE)
 _LEGACY_PROVENANCE = "_provenance.json"  # before the _berdiff_ names: <stem>_provenance.json
 
 
@@ -114,7 +115,8 @@ class _OwnOutputs:
 
 
 def is_own_output(path: str | Path) -> bool:
-    """Whether the file name is one ``berdiff detect`` gives outputs (``*_berdiff_<kind>.*``)."""
+    """Whether the file name is one ``berdiff detect`` gives outputs (``*_berdiff_<kind>.*``,
+    ``berdiff_summary.csv``)."""
     return _OWN_OUTPUT_RE.match(Path(path).name) is not None
 
 
@@ -125,10 +127,12 @@ def _is_case_folder(d: Path) -> bool:
         return False
 
 
-def _walk(root: Path, out: Path | None, own: _OwnOutputs) -> list[InputItem]:
+def _walk(root: Path, out: Path | None, own: _OwnOutputs,
+          masks: list[Path] | None = None) -> list[InputItem]:
     """The inputs below ``root`` named by their path relative to it. The output folder ``out``
     (resolved) is not entered when it lies strictly inside ``root``; when ``root`` is the output
-    folder or inside it (outputs written next to the inputs), only the name check applies."""
+    folder or inside it (outputs written next to the inputs), only the name check applies.
+    Mask folders of an OCT2017-style tree (``*_masks``) are not entered (listed in ``masks``)."""
     root_r = _resolve(root)
     prune = out if out is not None and out != root_r and root_r in out.parents else None
     items: list[InputItem] = []
@@ -137,6 +141,9 @@ def _walk(root: Path, out: Path | None, own: _OwnOutputs) -> list[InputItem]:
         rel = d.relative_to(root)
         dirnames[:] = [n for n in sorted(dirnames) if not n.startswith(".")
                        and (prune is None or _resolve(d / n) != prune)]
+        if masks is not None:
+            masks.extend(d / n for n in dirnames if is_mask_folder(n))
+        dirnames[:] = [n for n in dirnames if not is_mask_folder(n)]
         kind = "brats_case" if _is_case_folder(d) else folder_input_kind(d)
         if kind:
             items.append(InputItem(d, kind, rel.as_posix() if rel.parts else root_r.name))
@@ -153,13 +160,15 @@ def _walk(root: Path, out: Path | None, own: _OwnOutputs) -> list[InputItem]:
 
 
 def discover_inputs(paths: Sequence[str | Path], exclude: str | Path | None = None,
-                    skipped: list[Path] | None = None) -> list[InputItem]:
+                    skipped: list[Path] | None = None,
+                    masks: list[Path] | None = None) -> list[InputItem]:
     """The inputs named by ``paths`` (files or folders), in order, with their output stems.
 
     ``exclude``: the output folder; folder searches do not enter it, and a folder argument inside
     it that holds nothing but outputs is passed over. Outputs of ``berdiff detect`` are never
     inputs: found in folders they are ignored, given directly they are appended to ``skipped``
-    (when a list is passed) instead of running. Missing paths, unsupported files and folders
+    (when a list is passed) instead of running. Mask folders (``*_masks``) met in a folder search
+    are not entered (appended to ``masks``; one given directly runs). Missing paths, unsupported files and folders
     without inputs become ``invalid`` items (reported, not raised, so that the other inputs still
     run). Two inputs with the same output stem (compared case-insensitively) raise ValueError
     naming both."""
@@ -175,7 +184,7 @@ def discover_inputs(paths: Sequence[str | Path], exclude: str | Path | None = No
             if kind:
                 items.append(InputItem(p, kind, _resolve(p).name))
                 continue
-            found = _walk(p, out, own)
+            found = _walk(p, out, own, masks)
             if found:
                 items += found
             elif out is not None and _inside(_resolve(p), out):

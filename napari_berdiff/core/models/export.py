@@ -1,5 +1,6 @@
 """Shrink a trained checkpoint for shipping: float16 storage of the weights (loaded back into
-float32 models, see :func:`~.checkpoint.load_checkpoint`), no training state."""
+float32 models, see :func:`~.checkpoint.load_checkpoint`), no training state; and write a copy
+with new meta entries (:func:`write_meta`, used by ``berdiff calibrate``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from .checkpoint import atomic_torch_save, file_sha256, load_raw
 
-__all__ = ["export_checkpoint"]
+__all__ = ["export_checkpoint", "write_meta"]
 
 
 def _half(state: dict) -> dict:
@@ -41,4 +42,22 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, half: b
                       "weights": "float16" if half else "float32"}
     out["meta"] = meta
     atomic_torch_save(out, dst)
+    return dst
+
+
+def write_meta(src: str | os.PathLike, dst: str | os.PathLike, updates: dict, *,
+               overwrite: bool = False) -> Path:
+    """Write ``src`` to ``dst`` with ``meta`` entries replaced by ``updates`` (everything else,
+    weights and training state included, unchanged). ``dst`` may be ``src`` itself (in place):
+    like every write here it goes to a temporary file first and is renamed over the target, so
+    an interruption leaves the old file whole. Another existing ``dst`` needs ``overwrite``."""
+    src, dst = Path(src), Path(dst)
+    same = dst.exists() and dst.resolve() == src.resolve()
+    if dst.is_dir():
+        raise ValueError(f"{dst} is a folder: give the file name to write (e.g. {dst / src.name})")
+    if dst.exists() and not same and not overwrite:
+        raise FileExistsError(f"{dst} exists; pass --overwrite to replace it")
+    obj = load_raw(src)
+    obj["meta"] = {**dict(obj.get("meta") or {}), **updates}
+    atomic_torch_save(obj, dst)
     return dst
