@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Calibrate the bundled models' thresholds (berdiff calibrate, docs/thresholds.md) on the held-out
+# validation splits that scripts/eval_bundled.sh prepares (subjects never seen in training; the
+# evaluation uses the test splits). Rewrites napari_berdiff/weights/*.pt in place (atomically:
+# through a temporary file), so run it after the final weights are in place.
+#   bash scripts/calibrate_bundled.sh            # both models
+#   ONLY=brats bash scripts/calibrate_bundled.sh # one model
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BERDIFF=${BERDIFF:-.venv/bin/berdiff}
+ONLY=${ONLY:-all}
+# the first FPR is detect's default (0.1% of healthy foreground pixels); the others are kept for
+# --fpr (the whole curve is stored too)
+FPRS=(--fpr 0.001 0.0001 0.01)
+# the deployment settings of berdiff detect (L = 200, P = 0.5, S = 20, seed 0)
+RUN=(--L 200 --P 0.5 --steps 20 --seed 0 --threads 1 --no-progress)
+
+need() {
+  [ -d "$1" ] || { echo "calibrate_bundled: $1 is missing; run scripts/eval_bundled.sh first" >&2; exit 2; }
+}
+
+if [ "$ONLY" = all ] || [ "$ONLY" = brats ]; then
+  need data/prep_brats128_heldout
+  $BERDIFF calibrate napari_berdiff/weights/brats_small.pt data/prep_brats128_heldout --in-place \
+    "${FPRS[@]}" "${RUN[@]}" --max-slices "${MAX_VAL_SLICES:-400}"
+fi
+if [ "$ONLY" = all ] || [ "$ONLY" = oct ]; then
+  need data/prep_oct128_heldout
+  $BERDIFF calibrate napari_berdiff/weights/oct_small.pt data/prep_oct128_heldout --in-place \
+    "${FPRS[@]}" "${RUN[@]}"
+fi
+$BERDIFF inspect napari_berdiff/weights/brats_small.pt >/dev/null
+$BERDIFF inspect napari_berdiff/weights/oct_small.pt >/dev/null
+echo "calibrate_bundled: done; berdiff inspect MODEL shows the thresholds"
