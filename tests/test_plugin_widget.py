@@ -457,7 +457,8 @@ def test_cancel_during_post_processing_is_quick_and_leaves_no_layers(make_napari
 def test_segment_ticking_yields_cancellation_points_and_equals_segment_stack():
     import time
 
-    from napari_berdiff.plugin.run import Tick, _segment_ticking, segment_stack
+    from napari_berdiff.core.inference.result import Progress as Tick
+    from napari_berdiff.plugin.run import _segment_ticking, segment_stack
 
     rng = np.random.default_rng(0)
     x = rng.random((5, 2, 30, 30)).astype(np.float32)

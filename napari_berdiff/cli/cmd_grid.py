@@ -97,11 +97,12 @@ def run(args) -> int:
     out = Path(args.out)
     files = {name: out / name for name in FILES}
     check_outputs(files.values(), args.overwrite)  # before any slow import or work
+    from ..core.diffusion.thresholds import unique_ps
     from ..core.evaluation.grid import grid_sweep
     from ..core.evaluation.report import to_jsonable
     from .cmd_evaluate import load_splits
 
-    Ls, Ps = sorted(set(args.L)), sorted(set(args.P))
+    Ls, Ps = sorted(set(args.L)), unique_ps(args.P)
     if min(Ls) < 1:
         raise CLIError("--L values must be >= 1")
     model_args.check_run_args(args)

@@ -23,6 +23,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ..core.diffusion.thresholds import unique_ps
+
 BUNDLED_CHOICES = {"bundled BraTS model": "brats", "bundled OCT model": "oct"}
 # the channels of the bundled models (to offer the inputs before their files exist)
 BUNDLED_CHANNELS = {"brats": ["flair", "t1", "t1ce", "t2"], "oct": ["oct"]}
@@ -382,7 +384,7 @@ def parse_sweep(text: str) -> list[float]:
     bad = [v for v in vals if not 0.0 <= v <= 1.0]
     if bad:
         raise InputError(f"P values must lie in [0, 1], got {bad}")
-    return sorted({round(v, 4) for v in vals})
+    return unique_ps(vals)
 
 
 def model_source(choice: str, file_value) -> tuple[Path | None, str]:

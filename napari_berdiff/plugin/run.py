@@ -3,14 +3,15 @@
 Nothing here touches napari or Qt: the widget builds a :class:`Job` from its layers on the main
 thread (plain numpy arrays), :func:`run_job` runs in a napari thread worker and yields
 
-- :class:`Tick` after every network evaluation (progress, and a cancellation point),
-- :class:`Ready` once sampling is done: the :class:`Outcome` (plain arrays in the layer's
-  orientation) with the segmentation of the P shown on the slider; from then on the outcome belongs
+- :class:`~napari_berdiff.core.inference.result.Progress` after every network evaluation (progress,
+  and a cancellation point),
+- :class:`Ready` once sampling is done: the ``DetectionResult`` (plain arrays in the layer's
+  orientation) with the segmentation of the P shown on the slider; from then on the result belongs
   to the main thread, which displays it,
 - :class:`SegDone` for each other swept P as its segmentation is computed (the post-processing
   costs about as much as the sampling, so it runs after the first display).
 
-Post-processing yields a :class:`Tick` at least every 0.1 s too (a volume's worth of median
+Post-processing yields a ``Progress`` at least every 0.1 s too (a volume's worth of median
 filters and connected components takes seconds), so cancel stays within a fraction of a second.
 
 On the CPU the job runs with ``cpu_count - 1`` torch threads (set in the worker thread only: the
@@ -20,11 +21,12 @@ OpenMP setting is per thread), so the GUI thread keeps a core.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Generator
 
 import numpy as np
 
+from ..core.inference.result import DetectionResult, Progress
 from ..core.inference.settings import DEFAULTS, POST, DetectSettings
 from .layers import SliceMap, latent_map
 
@@ -62,57 +64,40 @@ class Job:
 
 
 @dataclass
-class Tick:
-    done: int
-    total: int
-    stage: str
-    elapsed: float
-    masked: float = float("nan")  # mean masked fraction over the batch at this step
+class RunContext:
+    """What a run was started with (to place and name its outputs); once it is ready, also where
+    its latent grid lies and the anomaly map's display range (:class:`Ready`)."""
 
-
-@dataclass
-class Outcome:
-    """Plain arrays in the layer's orientation; K thresholds, N slices run."""
-
+    layers: list
+    src: object  # the geometry source: layers[0], or the spatial view of a multi-channel layer
+    base: str
+    channel_names: list[str]
+    L: int
     thresholds: list[float]
-    slices: list[int]
-    reconstruction: np.ndarray  # (K, N, C, H, W) float32
-    anomaly_map: np.ndarray  # (K, N, H, W) raw map sum_c (x - x_rec)^2
-    segmentation: np.ndarray  # (K, N, H, W) uint8; valid where seg_ready[k]
-    seg_ready: list[bool]
-    masked_fraction: np.ndarray  # (K, N)
-    mask_history: np.ndarray  # (S, K, N, h, w) float16, latent grid in the layer orientation
-    latent_axes: list[tuple[float, float]]  # (scale, offset) per layer in-plane axis
-    input: np.ndarray  # (N, C, H, W) normalised input
-    map_limits: tuple[float, float]
-    provenance: dict
-    detector: Any = None
-    normalized: np.ndarray | None = None
-
-    def index_of(self, P: float, tol: float = 1e-6) -> int | None:
-        for k, p in enumerate(self.thresholds):
-            if abs(p - float(P)) < tol:
-                return k
-        return None
-
-    def ensure_segmentation(self, k: int) -> np.ndarray:
-        """The segmentation of threshold ``k``, computed now if the run stopped before it."""
-        if not self.seg_ready[k]:
-            self.segmentation[k] = segment_stack(self.input, self.reconstruction[k])
-            self.seg_ready[k] = True
-        return self.segmentation[k]
+    norm_key: tuple = ()  # the input layers' identity: reuse the normalised volume
+    det_key: tuple = ()  # (checkpoint hash, device): reuse the detector
+    latent_axes: list = field(default_factory=list)  # (scale, offset) per layer in-plane axis
+    map_limits: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass
 class Ready:
-    outcome: Outcome
+    """Sampling is done. ``result``: plain arrays in the layer's orientation (``slices``: layer
+    indices) with the segmentation of the P on the slider; the main thread owns it from here on.
+    ``detector`` and ``normalized`` are for the widget to reuse in its next run."""
+
+    result: DetectionResult
+    latent_axes: list[tuple[float, float]]
+    map_limits: tuple[float, float]
+    detector: Any
+    normalized: np.ndarray
 
 
 @dataclass
 class SegDone:
     k: int
     segmentation: np.ndarray
-    tick: Tick
+    tick: Progress
 
 
 def segment_slice(x: np.ndarray, rec: np.ndarray, post=POST) -> np.ndarray:
@@ -132,8 +117,8 @@ def segment_stack(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
 
 
 def _segment_ticking(x, rec, done: int, total: int, t0: float,
-                     every_s: float = 0.1) -> Generator[Tick, None, np.ndarray]:
-    """:func:`segment_stack` yielding a post-processing :class:`Tick` at most every ``every_s``
+                     every_s: float = 0.1) -> Generator[Progress, None, np.ndarray]:
+    """:func:`segment_stack` yielding a post-processing :class:`Progress` at most every ``every_s``
     seconds: a whole volume takes seconds, and each yield is a cancellation point."""
     out = np.zeros((x.shape[0],) + x.shape[2:], np.uint8)
     last = time.perf_counter()
@@ -142,11 +127,11 @@ def _segment_ticking(x, rec, done: int, total: int, t0: float,
         now = time.perf_counter()
         if now - last >= every_s and i + 1 < x.shape[0]:
             last = now
-            yield Tick(done, total, f"post-processing ({i + 1}/{x.shape[0]} slices)", now - t0)
+            yield Progress(done, total, f"post-processing ({i + 1}/{x.shape[0]} slices)", now - t0)
     return out
 
 
-def run_job(job: Job) -> Generator[Tick | Ready | SegDone, None, float]:
+def run_job(job: Job) -> Generator[Progress | Ready | SegDone, None, float]:
     """Load (or reuse) the detector, normalise, sample the (slice, P) trajectories, post-process.
     Returns the total seconds."""
     import torch
@@ -159,13 +144,14 @@ def run_job(job: Job) -> Generator[Tick | Ready | SegDone, None, float]:
 
 
 def _run(job: Job, torch) -> Generator:
+    from ..core.diffusion.sampler import relay
     from ..core.inference.detector import Detector, normalize_stack
 
     t0 = time.perf_counter()
     det = job.detector
     if det is None:
         det = Detector.from_checkpoint(job.checkpoint, device=job.device)
-        yield Tick(0, 0, "model loaded", time.perf_counter() - t0)
+        yield Progress(0, 0, "model loaded", time.perf_counter() - t0)
     on_gpu = getattr(det.device, "type", "cpu") != "cpu"
     if not on_gpu:  # physical cores less one for the GUI; an explicit OMP_NUM_THREADS wins
         from ..core.inference.accel import configure_threads
@@ -179,7 +165,7 @@ def _run(job: Job, torch) -> Generator:
             raise ValueError(f"the input contains {bad} NaN/Inf value(s); fix or mask them first")
         # as the model's training volumes were (BraTS-style: always per-volume percentiles)
         vol = normalize_stack(vol, det.volume_normalize("auto"), channel_axis=0)
-        yield Tick(0, 0, "normalised", time.perf_counter() - t0)
+        yield Progress(0, 0, "normalised", time.perf_counter() - t0)
     sm = job.slice_map
     x_layer = np.ascontiguousarray(np.moveaxis(vol[:, job.slices], 1, 0))  # (N, C, H, W)
     x_model = np.ascontiguousarray(sm.to_model(x_layer))
@@ -190,16 +176,13 @@ def _run(job: Job, torch) -> Generator:
     gen = det.iter_detect(x_model, L=s.L, P=thresholds, steps=s.S, seed=s.seed,
                           indices=[sm.seed_index(i) for i in job.slices], normalize="none",
                           keep_mask_history=True, batch_size=batch, spacing=job.spacing)
-    tick = None  # stays None when every slice is empty (skipped without network calls)
-    while True:
-        try:
-            tick = next(gen)
-        except StopIteration as stop:
-            res = stop.value
-            break
-        masked = float(tick.step.mask.float().mean())
-        yield Tick(tick.done, tick.total + K, "sampling", time.perf_counter() - t0, masked)
-    n_sample = tick.total if tick is not None else 0
+
+    def sampling(p: Progress) -> Progress:
+        return replace(p, total=p.total + K, elapsed=time.perf_counter() - t0,
+                       masked=float(p.step.mask.float().mean()))
+
+    res = yield from relay(gen, sampling)
+    n_sample = res.provenance["batch"]["network_evaluations"]  # 0 when every slice was empty
     total = n_sample + K
 
     recon = np.ascontiguousarray(sm.to_layer(res.reconstruction))
@@ -218,20 +201,21 @@ def _run(job: Job, torch) -> Generator:
                            "filtered version")
     prov["layer_slices"] = list(job.slices) if len(job.slices) <= 4096 else f"{job.slices[0]}.."
     prov["torch_threads"] = None if on_gpu else torch.get_num_threads()
-    first = min(range(K), key=lambda k: abs(thresholds[k] - s.P))
-    seg = np.zeros(amap.shape, np.uint8)
-    seg[first] = yield from _segment_ticking(x_layer, recon[first], n_sample, total, t0)
-    ready = [k == first for k in range(K)]
+    out = DetectionResult(list(thresholds), recon, amap, res.masked_fraction, x_layer,
+                          np.ascontiguousarray(sm.to_layer(hist)), prov, slices=list(job.slices),
+                          segmentation=np.zeros(amap.shape, np.uint8))
+    first = out.index_of(s.P)
+    out.segmentation[first] = yield from _segment_ticking(x_layer, recon[first], n_sample, total,
+                                                          t0)
+    out.seg_ready[first] = True
     prov["seconds"] = round(time.perf_counter() - t0, 3)
-    out = Outcome(list(thresholds), list(job.slices), recon, amap, seg, ready,
-                  res.masked_fraction, np.ascontiguousarray(sm.to_layer(hist)), axes, x_layer,
-                  (0.0, hi if hi > 0 else 1.0), prov, det, vol)
-    yield Ready(out)  # the main thread owns `out` from here on: only local arrays are read below
+    yield Ready(out, axes, (0.0, hi if hi > 0 else 1.0), det, vol)
+    # the main thread owns `out` from here on: only local arrays are read below
     done = n_sample + 1
     for k in range(K):
         if k == first:
             continue
-        s = yield from _segment_ticking(x_layer, recon[k], done, total, t0)
+        seg = yield from _segment_ticking(x_layer, recon[k], done, total, t0)
         done += 1
-        yield SegDone(k, s, Tick(done, total, "post-processing", time.perf_counter() - t0))
+        yield SegDone(k, seg, Progress(done, total, "post-processing", time.perf_counter() - t0))
     return time.perf_counter() - t0

@@ -12,7 +12,6 @@ value swaps the outputs at once; moving L, or P off the sweep, starts a new run 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from functools import partial
 
 from qtpy.QtCore import QEvent, Qt, QTimer
@@ -21,27 +20,14 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 from .inputs import (InputError, base_name, build_volume, channel_titles, current_slice,
                       view_of)
 from .layers import SliceMap
-from .run import Job, Outcome, Ready, SegDone, run_job
+from ..core.inference.result import DetectionResult
+from .run import Job, Ready, RunContext, SegDone, run_job
 from .widget_controls import Controls, plugin_defaults
 from .widget_model import ModelInputs
 from .widget_outputs import OutputLayers, SideBySide, _uid
 
 DEBOUNCE_MS = 400
 UI_INTERVAL_S = 0.5  # status/progress refresh: each repaints the window (costly with software GL)
-
-
-@dataclass
-class RunContext:
-    """What a run was started with (to place and name its outputs)."""
-
-    layers: list
-    src: object  # the geometry source: layers[0], or the spatial view of a multi-channel layer
-    base: str
-    channel_names: list[str]
-    L: int
-    thresholds: list[float]
-    norm_key: tuple = ()  # the input layers' identity: reuse the normalised volume
-    det_key: tuple = ()  # (checkpoint hash, device): reuse the detector
 
 
 class BerdiffWidget(ModelInputs, QWidget):
@@ -87,7 +73,7 @@ class BerdiffWidget(ModelInputs, QWidget):
         self._t_first: dict[int, tuple[float, int]] = {}
         self._last_ui = 0.0
         self._ended: set[int] = set()  # runs whose returned/finished arrived
-        self.outcome: Outcome | None = None
+        self.outcome: DetectionResult | None = None
         self._shown: int | None = None  # index of the displayed threshold
         self.context: RunContext | None = None
         self.plot = None
@@ -147,7 +133,7 @@ class BerdiffWidget(ModelInputs, QWidget):
 
     def _on_P(self, value):
         if self.outcome is not None:
-            k = self.outcome.index_of(round(float(value), 4))
+            k = self.outcome.find(value)
             if k is not None:
                 self.show_threshold(k)
                 return
@@ -276,14 +262,14 @@ class BerdiffWidget(ModelInputs, QWidget):
             return
         if isinstance(item, Ready):
             if gen == self._gen:
-                self._on_ready(ctx, item.outcome)
+                self._on_ready(ctx, item)
             return
         if isinstance(item, SegDone):
             if gen == self._gen and self.outcome is not None:
                 self.outcome.segmentation[item.k] = item.segmentation
                 self.outcome.seg_ready[item.k] = True
                 if self._shown == item.k:
-                    self.outputs.update_segmentation(self.outcome, item.k, ctx.src, ctx.base)
+                    self.outputs.update_segmentation(self.outcome, item.k, ctx)
             item = item.tick
         self._on_tick(gen, item)
 
@@ -314,13 +300,14 @@ class BerdiffWidget(ModelInputs, QWidget):
         else:
             self._message(f"{tick.stage} ({tick.elapsed:.1f} s)")
 
-    def _on_ready(self, ctx, outcome):
+    def _on_ready(self, ctx, ready: Ready):
         """Sampling done: show the outputs (the other P's segmentations follow)."""
-        self._detector = (ctx.det_key, outcome.detector)
-        self._normalized = (ctx.norm_key, outcome.normalized)
-        outcome.detector = outcome.normalized = None
+        self._detector = (ctx.det_key, ready.detector)
+        self._normalized = (ctx.norm_key, ready.normalized)
+        ctx.latent_axes, ctx.map_limits = ready.latent_axes, ready.map_limits
+        outcome = ready.result
         self.outcome, self.context = outcome, ctx
-        k = outcome.index_of(round(float(self.c.P.value), 4))
+        k = outcome.find(self.c.P.value)
         self.show_threshold(k if k is not None else 0)
         prov = outcome.provenance
         warn = prov.get("device_warning")
@@ -376,7 +363,7 @@ class BerdiffWidget(ModelInputs, QWidget):
         if not out.seg_ready[k] and self.worker is None:  # its run stopped early: compute it now
             out.ensure_segmentation(k)
         self._shown = k
-        self.outputs.show(out, k, ctx.src, ctx.base, ctx.channel_names)
+        self.outputs.show(out, k, ctx)
         self._update_plot(k)
 
     def _ensure_plot(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label,
                               LineEdit, PushButton, Slider, SpinBox)
 
+from ..core.diffusion.thresholds import canonical_p
 from ..core.inference.settings import DEFAULTS, DetectSettings, format_sweep
 from .inputs import BUNDLED_CHOICES, FILE_CHOICE, parse_sweep
 
@@ -122,7 +123,7 @@ class Controls:
     def settings(self) -> DetectSettings:
         """The detection settings the controls show (InputError for an unreadable P sweep)."""
         sweep = parse_sweep(self.sweep.value) if self.sweep_on.value else []
-        return DetectSettings(L=int(self.L.value), P=round(float(self.P.value), 4),
+        return DetectSettings(L=int(self.L.value), P=canonical_p(self.P.value),
                               steps=int(self.steps.value), seed=int(self.seed.value),
                               p_sweep=tuple(sweep))
 

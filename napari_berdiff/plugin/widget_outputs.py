@@ -14,7 +14,7 @@ import numpy as np
 
 from .layers import geometry_kwargs, latent_geometry_kwargs
 from .reader import MODALITY_TITLES
-from .run import POSTPROCESS, Outcome
+from .run import POSTPROCESS, RunContext
 
 OUTPUT_KINDS = ("reconstruction", "anomaly map", "segmentation", "mask evolution", "difference")
 
@@ -43,11 +43,12 @@ class OutputLayers:
         self.viewer = viewer
         self.names: dict[str, str] = {}
         self.difference_on = False  # set by SideBySide while its grid is on
-        self.after_show = None  # called as f(outcome, k, src, base, channel_names) after show()
+        self.after_show = None  # called as f(result, k, ctx) after show()
 
     # ----------------------------------------------------------------------------------
-    def show(self, outcome: Outcome, k: int, src, base: str, channel_names: list[str]) -> None:
-        """Display threshold index ``k`` of ``outcome`` over the source layer ``src``."""
+    def show(self, outcome, k: int, ctx: RunContext) -> None:
+        """Display threshold index ``k`` of the run's result over its source layer."""
+        src, base = ctx.src, ctx.base
         two_d = src.ndim == 2
         H, W = outcome.input.shape[-2:]
         Z = 1 if two_d else src.data.shape[0]
@@ -63,23 +64,24 @@ class OutputLayers:
             return full[0] if two_d else full
 
         first = f"{base} anomaly map" not in self.viewer.layers
-        self.reconstructions(outcome, k, src, base, channel_names)
+        self.reconstructions(outcome, k, ctx)
         amap = self._image(f"{base} anomaly map", vol(outcome.anomaly_map[k]), geo,
                     dict(meta_base, output="anomaly map"),
-                    dict(colormap="inferno", blending="additive", contrast_limits=outcome.map_limits))
+                    dict(colormap="inferno", blending="additive", contrast_limits=ctx.map_limits))
         self._labels(f"{base} segmentation", vol(outcome.segmentation[k], np.uint8), geo,
                      dict(meta_base, output="segmentation", postprocess=POSTPROCESS,
                           pending=not outcome.seg_ready[k]))
-        self._mask_evolution(outcome, k, src, base, meta_base, Z, two_d)
+        self._mask_evolution(outcome, k, ctx, meta_base, Z, two_d)
         if first and amap is not None:  # the layer controls show the map, not the last layer added
             self.viewer.layers.selection.active = amap
         if self.difference_on:
-            self.difference(outcome, k, src, base)
+            self.difference(outcome, k, ctx)
         if self.after_show is not None:
-            self.after_show(outcome, k, src, base, channel_names)
+            self.after_show(outcome, k, ctx)
 
-    def reconstructions(self, outcome: Outcome, k: int, src, base: str, channel_names: list[str]) -> list:
+    def reconstructions(self, outcome, k: int, ctx: RunContext) -> list:
         """The reconstruction layers (one per channel) of threshold ``k``, hidden when new."""
+        src, base, channel_names = ctx.src, ctx.base, ctx.channel_names
         two_d = src.ndim == 2
         H, W = outcome.input.shape[-2:]
         Z = 1 if two_d else src.data.shape[0]
@@ -96,9 +98,10 @@ class OutputLayers:
                                       dict(colormap="gray", contrast_limits=(0.0, 1.0)), visible=False))
         return layers
 
-    def update_segmentation(self, outcome: Outcome, k: int, src, base: str) -> None:
+    def update_segmentation(self, outcome, k: int, ctx: RunContext) -> None:
         """The segmentation of threshold ``k`` arrived after the first display."""
-        name = f"{base} segmentation"
+        src = ctx.src
+        name = f"{ctx.base} segmentation"
         if name not in self.viewer.layers:
             return
         layer = self.viewer.layers[name]
@@ -114,8 +117,9 @@ class OutputLayers:
         tag = channel_names[c] if c < len(channel_names) else f"[{c}]"
         return f"{base} reconstruction {MODALITY_TITLES.get(tag.lower(), tag)}"
 
-    def difference(self, outcome: Outcome, k: int, src, base: str):
+    def difference(self, outcome, k: int, ctx: RunContext):
         """``input - reconstruction`` of the first channel (a signed map) as a layer."""
+        src, base = ctx.src, ctx.base
         two_d = src.ndim == 2
         H, W = outcome.input.shape[-2:]
         Z = 1 if two_d else src.data.shape[0]
@@ -128,7 +132,8 @@ class OutputLayers:
                            dict(colormap="PiYG", contrast_limits=(-lim, lim)), visible=True)
 
     # ----------------------------------------------------------------------------------
-    def _mask_evolution(self, outcome, k, src, base, meta_base, Z, two_d):
+    def _mask_evolution(self, outcome, k, ctx, meta_base, Z, two_d):
+        src, base = ctx.src, ctx.base
         hist = outcome.mask_history[:, k].astype(np.float32)  # (S, N, h, w)
         S, _, h, w = hist.shape
         if two_d:
@@ -136,11 +141,11 @@ class OutputLayers:
         else:
             data = np.zeros((S, Z, h, w), np.float32)
             data[:, outcome.slices] = hist
-        geo = latent_geometry_kwargs(src, outcome.latent_axes, lead=1)
+        geo = latent_geometry_kwargs(src, ctx.latent_axes, lead=1)
         name = f"{base} mask evolution"
         new = name not in self.viewer.layers
         layer = self._image(name, data, geo, dict(meta_base, output="mask evolution",
-                                                  latent_axes=outcome.latent_axes),
+                                                  latent_axes=ctx.latent_axes),
                             dict(colormap="viridis", blending="additive", contrast_limits=(0.0, 1.0),
                                  opacity=0.7), visible=False)
         if new:  # show the last step on the new step slider
@@ -213,7 +218,7 @@ class SideBySide:
     def active(self) -> bool:
         return self.saved is not None
 
-    def show(self, outcome: Outcome, k: int, ctx) -> None:
+    def show(self, outcome, k: int, ctx: RunContext) -> None:
         """Turn the grid on (or, when already on, lay it out again for this outcome)."""
         v = self.viewer
         src = ctx.layers[0]
@@ -233,19 +238,19 @@ class SideBySide:
         if name in v.layers:
             rec = v.layers[name]
         else:  # deleted by the user: put it back
-            rec = self.outputs.reconstructions(outcome, k, ctx.src, ctx.base, ctx.channel_names)[0]
-        diff = self.outputs.difference(outcome, k, ctx.src, ctx.base)
+            rec = self.outputs.reconstructions(outcome, k, ctx)[0]
+        diff = self.outputs.difference(outcome, k, ctx)
         self._layout([src, rec, diff])
         self.viewer.reset_view()  # the camera of one image would show a third of each cell
 
-    def _follow(self, outcome, k, src, base, channel_names) -> None:
+    def _follow(self, outcome, k, ctx: RunContext) -> None:
         """Outputs were shown again (re-run, P swap) while the grid is on: keep the grid on them."""
         if not self.active:
             return
         v = self.viewer
         C = outcome.reconstruction.shape[2]
-        names = [self.outputs.recon_name(base, 0, C, channel_names), f"{base} difference"]
-        layer = getattr(src, "layer", src)  # a multi-channel input's SpatialView -> its layer
+        names = [self.outputs.recon_name(ctx.base, 0, C, ctx.channel_names), f"{ctx.base} difference"]
+        layer = getattr(ctx.src, "layer", ctx.src)  # a multi-channel input's SpatialView -> its layer
         if layer not in v.layers or any(n not in v.layers for n in names):
             return
         self._layout([layer] + [v.layers[n] for n in names])

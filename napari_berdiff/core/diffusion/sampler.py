@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .schedule import BernoulliSchedule, step_grid
+from .thresholds import p_key
 
 FlipModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``model(z_t, t) -> eps_hat``: flip probabilities in [0,1]; ``t`` a (B,) LongTensor of 1-based steps."""
@@ -49,8 +50,8 @@ class SamplerOutput:
 
 def trajectory_seed(image_seed: int, threshold: float) -> int:
     """Seed of the trajectory for one (image, P) pair: independent of batch composition."""
-    p_key = int(round(float(threshold) * 1_000_000))
-    return int(np.random.SeedSequence([int(image_seed) & 0xFFFFFFFF, 0x5A3F, p_key & 0xFFFFFFFF])
+    key = p_key(threshold)
+    return int(np.random.SeedSequence([int(image_seed) & 0xFFFFFFFF, 0x5A3F, key & 0xFFFFFFFF])
                .generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
@@ -200,6 +201,19 @@ def drive(gen: Generator, on_item: Callable | None = None):
             return stop.value
         if on_item is not None:
             on_item(item)
+
+
+def relay(gen: Generator, convert: Callable):
+    """A generator yielding ``convert(item)`` for each item of ``gen`` (items it maps to None are
+    dropped) and returning ``gen``'s value: ``value = yield from relay(gen, convert)``."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        out = convert(item)
+        if out is not None:
+            yield out
 
 
 def run_sampler(gen: Generator[SamplerStep, None, SamplerOutput],

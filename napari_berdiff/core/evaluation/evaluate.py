@@ -47,6 +47,7 @@ from ..inference.calibration import Calibration, foreground
 from ..inference.postprocess import paper_anomaly_map, remove_small_components
 from ..inference.settings import DEFAULTS, POST
 from ..inference.triage import peak
+from ..diffusion.thresholds import find_p
 
 __all__ = ["evaluate", "MODEL_METHODS", "ALL_METHODS", "threshold_channel"]
 
@@ -121,11 +122,11 @@ def evaluate(detector, eval_split, val_split=None, *, L: int = DEFAULTS.L, P: fl
     methods = ["masked"] + [m for m in ALL_METHODS[1:] if m in baselines]
     model = [m for m in methods if m in MODEL_METHODS]
     p_of = {m: float(P) if MODEL_METHODS[m] is None else MODEL_METHODS[m] for m in model}
-    sweep_P: list[float] = []
+    sweep_P: list[float] = []  # the methods' P, each once (p_key), in the methods' order
     for m in model:
-        if all(abs(p_of[m] - q) > 1e-12 for q in sweep_P):
+        if find_p(sweep_P, p_of[m]) is None:
             sweep_P.append(p_of[m])
-    k_of = {m: next(i for i, q in enumerate(sweep_P) if abs(q - p_of[m]) <= 1e-12) for m in model}
+    k_of = {m: find_p(sweep_P, p_of[m]) for m in model}
     meta = dict(getattr(eval_split, "meta", {}) or {})
     C = int(eval_split.images.shape[1])
     thr_ch = threshold_channel(meta)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Generator, Sequence
 
@@ -34,43 +33,13 @@ from .accel import autocast, maybe_compile, resolve_amp, to_channels_last
 from .batching import BatchPlan, available_memory, empty_slices, plan_batches
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from .device import resolve_device
+from .result import DetectionResult, Progress
 from .settings import DEFAULTS
-from ..diffusion.sampler import SamplerStep, drive, masked_sampler, resolve_seeds
+from ..diffusion.sampler import SamplerStep, drive, masked_sampler, relay, resolve_seeds
 from ..diffusion.schedule import BernoulliSchedule, step_grid
 
 NORMALIZE_MODES = ("auto", "percentile", "none")
 BRATS_SIDE = 240  # BraTS slices: 240 x 240 voxels of 1 mm
-
-
-@dataclass
-class DetectionResult:
-    """Outputs at the input's geometry; the leading axis K runs over the thresholds P."""
-
-    thresholds: list[float]
-    reconstruction: np.ndarray  # (K, N, C, H, W) float32 in [0, 1]
-    anomaly_map: np.ndarray  # (K, N, H, W) float32: sum_c (x - x_rec)^2
-    masked_fraction: np.ndarray  # (K, N) the image-level score
-    input: np.ndarray  # (N, C, H, W) the normalised input the maps compare against
-    mask_history: np.ndarray | None = None  # (S, K, N, h, w) float16: share of bits masked
-    provenance: dict = field(default_factory=dict)
-
-    def index_of(self, P: float) -> int:
-        """Index of threshold ``P`` in the sweep (ValueError when it was not sampled)."""
-        for k, p in enumerate(self.thresholds):
-            if abs(p - float(P)) < 1e-9:
-                return k
-        raise ValueError(f"P={P} was not in the sweep {self.thresholds}")
-
-
-@dataclass
-class DetectProgress:
-    """One tick of :meth:`Detector.iter_detect`: after each network evaluation."""
-
-    done: int
-    total: int
-    images: tuple[int, int]  # the slice range [first, last + 1) of the current batch
-    step: SamplerStep
-    slices: tuple[int, ...] = ()  # the stack positions in the current batch (skipped ones absent)
 
 
 class Detector:
@@ -171,8 +140,8 @@ class Detector:
 
     # ------------------------------------------------------------------------------------
     def detect(self, images, **kwargs) -> DetectionResult:
-        """Run :meth:`iter_detect` to the end; ``progress`` may be a callable taking DetectProgress."""
-        progress: Callable[[DetectProgress], None] | None = kwargs.pop("progress", None)
+        """Run :meth:`iter_detect` to the end; ``progress`` may be a callable taking a Progress."""
+        progress: Callable[[Progress], None] | None = kwargs.pop("progress", None)
         return drive(self.iter_detect(images, **kwargs), progress)
 
     def detect_volume(self, volume, slice_axis: int = -1, slices: Sequence[int] | None = None,
@@ -211,7 +180,7 @@ class Detector:
         keep_mask_history: bool = False,
         skip_empty: bool = True,
         spacing: Sequence[float] | None = None,
-    ) -> Generator[DetectProgress, None, DetectionResult]:
+    ) -> Generator[Progress, None, DetectionResult]:
         """Generator over sampler steps; returns a :class:`DetectionResult`.
 
         ``images``: (N, C, H, W) or (C, H, W) array/tensor. ``indices``: per-slice numbers used for
@@ -259,7 +228,7 @@ class Detector:
         if keep_mask_history:
             h = self.image_size // self.autoencoder.config.downsample_factor
             hist = np.zeros((n_steps, K, N, h, h), np.float16)
-        done = 0
+        done = [0]
         for sel in chunks:
             z = self._encode(x[sel], geom, [image_seeds[i] for i in sel], deterministic_encoding,
                              plan.ae_images)
@@ -267,17 +236,16 @@ class Detector:
                                  seeds=[image_seeds[i] for i in sel],
                                  deterministic_last_step=deterministic_last_step)
             span, positions = (int(sel[0]), int(sel[-1]) + 1), tuple(int(i) for i in sel)
-            while True:
-                try:
-                    step = next(gen)
-                except StopIteration as stop:
-                    out = stop.value
-                    break
+
+            def tick(step: SamplerStep, sel=sel, span=span, positions=positions) -> Progress:
                 if hist is not None:
                     m = step.mask.float().mean(dim=1).reshape(len(sel), K, *step.mask.shape[-2:])
                     hist[step.index][:, sel] = m.transpose(0, 1).cpu().numpy()
-                done += 1
-                yield DetectProgress(done=done, total=total, images=span, step=step, slices=positions)
+                done[0] += 1
+                return Progress(done[0], total, elapsed=time.perf_counter() - t_start,
+                                images=span, slices=positions, step=step)
+
+            out = yield from relay(gen, tick)
             frac[:, sel] = out.masked_fraction.reshape(len(sel), K).T.cpu().numpy()
             self._decode_into(out.z0, x, sel, K, geom, plan.ae_images, recon, amap)
 
@@ -302,7 +270,7 @@ class Detector:
             "seconds": round(time.perf_counter() - t_start, 3),
             "versions": _versions(),
         }
-        return DetectionResult(thresholds, recon, amap, frac, x, hist, prov)
+        return DetectionResult(thresholds, recon, amap, frac, x, hist, prov, slices=idx)
 
     # -- the pieces ------------------------------------------------------------------------
     def _model_input(self, t: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from ..diffusion.thresholds import unique_ps
+
 __all__ = ["PostProcess", "DetectSettings", "DEFAULTS", "POST", "P_SWEEP", "GRID_L", "GRID_P",
            "format_sweep", "THRESHOLD_MODES", "DEFAULT_THRESHOLD_MODE", "DEFAULT_FPR"]
 
@@ -97,8 +99,9 @@ class DetectSettings:
         return None if self.steps is None else min(int(self.steps), int(self.L))
 
     def thresholds(self) -> list[float]:
-        """The P values a run samples: the sweep and P, sorted, each once."""
-        return sorted({float(p) for p in self.p_sweep} | {float(self.P)})
+        """The P values a run samples: the sweep and P, sorted, each once (canonical: the same P
+        by :func:`~napari_berdiff.core.diffusion.thresholds.p_key`)."""
+        return unique_ps([*self.p_sweep, self.P])
 
     def with_post(self, **changes) -> "DetectSettings":
         """A copy with post-processing fields changed."""
