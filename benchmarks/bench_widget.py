@@ -175,14 +175,14 @@ def main(argv=None) -> int:
           f"max {idle.max():.1f} ms", flush=True)
     # main-thread time spent turning a finished run into layers
     ready_ms: list[float] = []
-    orig_ready = w._on_ready
+    orig_ready = w.runner.on_ready
 
     def timed_ready(*a):
         t = time.perf_counter()
         orig_ready(*a)
         ready_ms.append((time.perf_counter() - t) * 1000)
 
-    w._on_ready = timed_ready
+    w.runner.on_ready = timed_ready
     for scope in ("current slice", "slice range"):
         w.c.scope.value = scope
         w.c.range_from.value, w.c.range_to.value = 24 - args.range // 2, 24 - args.range // 2 + args.range - 1

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     viewer, w = open_demo(quick=args.quick, checkpoint=None if ck["brats"] == bundled_path("brats") else ck["brats"])
     viewer.window.resize(1700, 1050)
     app = QApplication.instance()
-    src = w.input_layers()[0]
+    src = w.inputs.source()[0][0]
     z = int(round(src.world_to_data(viewer.dims.point)[0]))
     w.c.scope.value = "slice range"
     w.c.range_from.value, w.c.range_to.value = z - args.half_width, z + args.half_width

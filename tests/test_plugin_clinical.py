@@ -55,7 +55,7 @@ def test_a_dicom_study_opens_where_the_nifti_path_puts_it_and_runs_like_detect(
     # the widget picks the four series and gives the model the slices detect gives it
     dock, w = viewer.window.add_plugin_dock_widget("napari-berdiff", "Anomaly detection")
     configure(w, ckpt4, L=20, steps=4, sweep="0.5", P=0.5, scope="all slices")
-    assert [cb.value.name for cb in w._combos] == [ly.name for ly in layers]
+    assert [cb.value.name for cb in w.inputs.combos] == [ly.name for ly in layers]
     run_and_wait(qtbot, w)
     rec = next(ly for ly in viewer.layers if ly.name == "study reconstruction FLAIR")
     (path,) = [p for p in rec.save(str(tmp_path / "rec.nii.gz"), plugin="napari-berdiff")
@@ -133,7 +133,7 @@ def test_an_oct_volume_opens_with_localizer_and_annotations_and_runs_like_detect
     assert seg.data[k, int(np.rint(lines["BM"][k, x])), x] == 3
     dock, w = viewer.window.add_plugin_dock_widget("napari-berdiff", "Anomaly detection")
     configure(w, ckpt1, L=20, steps=4, sweep="0.5", P=0.5, scope="all slices")
-    assert [cb.value.name for cb in w._combos] == ["scan"]
+    assert [cb.value.name for cb in w.inputs.combos] == ["scan"]
     run_and_wait(qtbot, w)
     rec = next(ly for ly in viewer.layers if ly.name.startswith("scan reconstruction"))
     np.testing.assert_allclose(rec.scale, SPACING)

@@ -63,7 +63,7 @@ def test_end_to_end_through_the_manifest(make_napari_viewer, qtbot, ckpt4, tmp_p
     if w.checkpoint is None:
         assert "not in this installation" in w.c.model_info.value
     _configure(w, ckpt4)
-    assert [cb.value.name for cb in w._combos] == [ly.name for ly in layers[:4]]  # auto-picked
+    assert [cb.value.name for cb in w.inputs.combos] == [ly.name for ly in layers[:4]]  # auto-picked
     z = 25
     viewer.dims.set_point(0, flair.data_to_world((z, 0, 0))[0])
     _run_and_wait(qtbot, w)
@@ -332,7 +332,7 @@ def test_one_multichannel_layer_gives_the_same_outputs_as_the_modality_layers(ma
     multi = viewer.add_image(stack, name="stack", scale=(1.0, 3.0, 1.5, 1.5), translate=(0.0, -10.0, 5.0, -20.0))
     assert multi in w.c.multi.choices
     w.c.multi.value = multi
-    assert not any(cb.visible for cb in w._combos) and "axis 0" in w.c.input_info.value
+    assert not any(cb.visible for cb in w.inputs.combos) and "axis 0" in w.c.input_info.value
     assert w.c.run.enabled
     _run_and_wait(qtbot, w)
     out = _outputs(viewer, "stack")

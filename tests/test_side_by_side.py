@@ -117,7 +117,7 @@ def test_a_rerun_while_on_keeps_the_grid_on_the_new_outputs(make_napari_viewer, 
 
     w.c.P.value = 0.7  # another P of the sweep: swapped in place, the grid follows
     qtbot.wait(50)
-    assert w._shown == w.outcome.index_of(0.7)
+    assert w.shown == w.outcome.index_of(0.7)
     _assert_grid(viewer, ["scan", "scan reconstruction", "scan difference"])
     _assert_difference(viewer, "scan")
 
@@ -132,7 +132,7 @@ def test_a_run_on_another_input_while_on_moves_the_grid_and_off_removes_both_dif
     w.toggle_side_by_side()
 
     other = _oct(viewer, "other", seed=1)
-    w._combos[0].value = other
+    w.inputs.combos[0].value = other
     run_and_wait(qtbot, w)
     _assert_grid(viewer, ["other", "other reconstruction", "other difference"])
     _assert_difference(viewer, "other")

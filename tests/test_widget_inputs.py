@@ -37,7 +37,7 @@ def _oct(viewer, name, seed=0):
 
 
 def _picked(w):
-    return [cb.value for cb in w._combos]
+    return [cb.value for cb in w.inputs.combos]
 
 
 def test_the_input_follows_a_layer_just_opened_and_stays_after_a_run(make_napari_viewer, qtbot, ckpt1):
@@ -53,7 +53,7 @@ def test_the_input_follows_a_layer_just_opened_and_stays_after_a_run(make_napari
     assert viewer.layers.selection.active.name == "b anomaly map"  # layer controls show the map
     viewer.layers.move(viewer.layers.index(a), len(viewer.layers))  # a reorder does not either
     assert _picked(w) == [b]
-    w._combos[0].value = a  # the user's choice stays, whatever is opened next
+    w.inputs.combos[0].value = a  # the user's choice stays, whatever is opened next
     _oct(viewer, "c", seed=2)
     assert _picked(w) == [a]
 
@@ -98,7 +98,7 @@ def test_long_layer_names_do_not_widen_the_widget_and_run_stays_in_sight(make_na
     short = w.c.container.native.minimumSizeHint().width()
     viewer.layers.clear()
     add_small_case(viewer, name="BraTS20_Training_001_a_case_with_a_long_folder_name")
-    assert all(cb.value is not None for cb in w._combos)
+    assert all(cb.value is not None for cb in w.inputs.combos)
     assert w.c.container.native.minimumSizeHint().width() <= short + 2
     scroll = w.findChild(QScrollArea)
     for ctl in (w.c.run, w.c.cancel, w.c.status):  # pinned below the scrolling settings
@@ -149,11 +149,10 @@ def test_the_eta_waits_for_a_second_tick_and_is_never_negative(make_napari_viewe
     viewer = make_napari_viewer()
     _oct(viewer, "a")
     w = new_widget(viewer, ckpt1)
-    w._gen = gen = 7
+    w.runner.ui_interval = 0.0  # every tick is shown
     for done, elapsed in ((1, 2.0), (3, 3.0)):
-        w._last_ui = 0.0
-        w._on_tick(gen, SimpleNamespace(stage="sampling", done=done, total=11, elapsed=elapsed,
-                                        masked=float("nan")))
+        w.runner.progress(SimpleNamespace(stage="sampling", done=done, total=11, elapsed=elapsed,
+                                          masked=float("nan")))
         if done == 1:
             assert "ETA" not in w.c.status.value
     assert "ETA 4.0 s" in w.c.status.value  # 0.5 s per step from the first tick shown, 8 to go
@@ -188,7 +187,7 @@ def test_a_volume_stored_lps_or_ras_gives_the_same_maps(make_napari_viewer, qtbo
     w = new_widget(viewer, ck, L=6, steps=3, scope="all slices")
     maps = {}
     for layer in (la, lb):
-        w._combos[0].value = layer
+        w.inputs.combos[0].value = layer
         run_and_wait(qtbot, w)
         maps[layer.name] = np.asarray(viewer.layers[f"{layer.name} anomaly map"].data).copy()
     assert maps["ras"].max() > 0

@@ -113,3 +113,25 @@ class ScorePlot(QWidget):
         except Exception:
             pass
         super().closeEvent(event)
+
+
+PLOT_DOCK = "berdiff: masked fraction per slice"
+
+
+def dock_plot(viewer) -> ScorePlot:
+    """A new plot docked on the right of the viewer's window (where it has one)."""
+    plot = ScorePlot(viewer)
+    window = getattr(viewer, "window", None)
+    if window is not None:
+        window.add_dock_widget(plot, name=PLOT_DOCK, area="right")
+    return plot
+
+
+def undock_plot(viewer, plot) -> None:
+    """Remove the plot's dock (nothing when it went with the viewer)."""
+    window = getattr(viewer, "window", None)
+    if plot is not None and window is not None:
+        try:
+            window.remove_dock_widget(plot)
+        except (LookupError, RuntimeError, AttributeError):
+            pass  # already gone with the viewer

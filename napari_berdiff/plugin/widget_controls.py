@@ -97,6 +97,10 @@ class Controls:
         self.status.native.setMinimumHeight(2 * lines + 6)
         for combo in (self.model_choice, self.multi, self.device, self.scope):
             elide_combo(combo)
+        self.scope.changed.connect(self._on_scope)
+
+    def _on_scope(self, value):
+        self.range_from.visible = self.range_to.visible = value == "slice range"
 
     def apply_defaults(self, d: dict) -> None:
         """Start from the user's preferences (see :func:`plugin_defaults`); call before the
@@ -126,6 +130,20 @@ class Controls:
         return DetectSettings(L=int(self.L.value), P=canonical_p(self.P.value),
                               steps=int(self.steps.value), seed=int(self.seed.value),
                               p_sweep=tuple(sweep))
+
+    def message(self, text: str, level: str = "info") -> None:
+        """The status line (an error also as a napari notification)."""
+        self.set_info(self.status, text, level)
+        if level == "error":
+            from napari.utils.notifications import show_error
+
+            show_error(f"napari-berdiff: {text}")
+
+    def device_note(self, text: str, warning: str | None = None) -> None:
+        """Where the run goes (``text``: "runs on cpu"), with a warning when the device asked
+        for is not the one used."""
+        self.set_info(self.device_info, text + (f": {warning}" if warning else ""),
+                      "warning" if warning else "info")
 
     def set_info(self, label: Label, text: str, level: str = "info") -> None:
         colour = {"info": "", "warning": "color: #e0a030;", "error": "color: #f05050;"}[level]
