@@ -8,7 +8,8 @@ from napari_berdiff.core.inference import preprocess
 from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
 from napari_berdiff.core.models.checkpoint import save_checkpoint
 from napari_berdiff.core.models.configs import get_preset
-from napari_berdiff.core.inference.detector import Detector, slices_to_volume, volume_to_slices
+from napari_berdiff.core.inference.detector import Detector
+from napari_berdiff.core.inference.volume import slices_to_volume, volume_to_slices
 from napari_berdiff.core.models.unet import BernoulliUNet
 
 

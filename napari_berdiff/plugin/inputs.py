@@ -249,7 +249,7 @@ def fit_note(checkpoint, hw: tuple[int, int], spacing=None) -> str | None:
     the slices' (row, col) pixel size in mm where known (the model's field of view applies)."""
     H, W = int(hw[0]), int(hw[1])
     size = int(checkpoint.ae_config.image_size)
-    from ..core.inference.detector import canvas_for
+    from ..core.inference.preprocess import canvas_for
 
     pre = (checkpoint.meta or {}).get("preprocess") or {}
     mode, canvas = pre.get("mode", "pad"), canvas_for(checkpoint.meta, size, spacing)

@@ -13,8 +13,8 @@ Metadata written onto image layers by the reader and the sample data (and copied
 
 The model sees slices along the layer's first axis, oriented as in training: for a NIfTI source the
 two in-plane voxel axes in nibabel order (rows = the lower voxel axis), exactly the slices that
-:func:`napari_berdiff.core.inference.detector.volume_to_slices` gives; for any other layer, the slice as
-displayed. :class:`SliceMap` converts between the two.
+:func:`napari_berdiff.core.inference.volume.volume_to_slices` gives; for any other layer, the slice as
+displayed. :func:`slice_map_for_layer` gives the core's ``SliceMap`` between the two.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..core.inference.volume import SliceMap
 
 LPS = np.array([-1.0, -1.0, 1.0])  # RAS -> LPS sign flips
 _TOL = 1e-6
@@ -103,68 +105,27 @@ def nifti_affine_from_layer(scale, translate, affine_matrix=None) -> np.ndarray:
     return A
 
 
-@dataclass(frozen=True)
-class SliceMap:
-    """Layer slice (rows, cols as displayed) <-> model slice; and layer index <-> seed index."""
+def slice_map_for_layer(metadata: dict | None, n_slices: int) -> SliceMap:
+    """How a 3D layer's slices become the model's. For a layer read from a NIfTI file
+    (orientation and affine in its metadata) the model sees its axial slices in RAS order, as
+    ``berdiff detect`` and the training do (``core.io.orientation``), whatever the file's voxel
+    order; a layer whose first axis is not the axial one keeps the file's voxel order; other
+    layers are taken as displayed."""
+    md = metadata or {}
+    o = md.get("orientation")
+    if not o:
+        return SliceMap(n_slices=n_slices)
+    o = Orientation.from_dict(o)
+    if md.get("affine") is not None:
+        from ..core.io.orientation import orientation_of
 
-    transpose: bool = False
-    flip_rows: bool = False
-    flip_cols: bool = False
-    flip_slices: bool = False
-    n_slices: int = 1
-
-    @classmethod
-    def for_layer(cls, metadata: dict | None, n_slices: int) -> "SliceMap":
-        """For a layer read from a NIfTI file (orientation and affine in its metadata): the
-        model sees its axial slices in RAS order, as ``berdiff detect`` and the training do
-        (``core.io.orientation``), whatever the file's voxel order; a layer whose first axis is
-        not the axial one keeps the file's voxel order; other layers are taken as displayed."""
-        md = metadata or {}
-        o = md.get("orientation")
-        if not o:
-            return cls(n_slices=n_slices)
-        o = Orientation.from_dict(o)
-        if md.get("affine") is not None:
-            from ..core.io.orientation import orientation_of
-
-            ornt = orientation_of(np.asarray(md["affine"], float))
-            axis = [int(ornt[p, 0]) for p in o.perm]  # canonical axis (0 R, 1 A, 2 S) of layer axis d
-            sign = [int(ornt[p, 1]) * (-1 if f else 1) for p, f in zip(o.perm, o.flip)]
-            if axis[0] == 2:
-                return cls(transpose=axis[1] == 1, flip_rows=sign[1] < 0, flip_cols=sign[2] < 0,
-                           flip_slices=sign[0] < 0, n_slices=n_slices)
-        return cls(transpose=o.perm[1] > o.perm[2], flip_rows=o.flip[1], flip_cols=o.flip[2],
-                   flip_slices=o.flip[0], n_slices=n_slices)
-
-    def to_model(self, a: np.ndarray) -> np.ndarray:
-        """(..., rows, cols) as in the layer -> as the model sees them."""
-        axes = tuple(ax for ax, f in ((-2, self.flip_rows), (-1, self.flip_cols)) if f)
-        a = np.flip(a, axes) if axes else a
-        return np.swapaxes(a, -1, -2) if self.transpose else a
-
-    def to_layer(self, m: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`to_model`."""
-        m = np.swapaxes(m, -1, -2) if self.transpose else m
-        axes = tuple(ax for ax, f in ((-2, self.flip_rows), (-1, self.flip_cols)) if f)
-        return np.flip(m, axes) if axes else m
-
-    def seed_index(self, layer_index: int) -> int:
-        """The voxel slice number (seeds follow it, as in ``Detector.detect_volume``)."""
-        return self.n_slices - 1 - int(layer_index) if self.flip_slices else int(layer_index)
-
-    def latent_axes(self, model_map: list[tuple[float, float]], layer_hw: tuple[int, int],
-                    latent_hw: tuple[int, int]) -> list[tuple[float, float]]:
-        """Per layer in-plane axis (scale, offset) of a latent grid, from the model-orientation
-        maps ``image = scale * u + offset`` (rows, cols); flips and transposition applied."""
-        maps = list(model_map[::-1]) if self.transpose else list(model_map)
-        lat = tuple(latent_hw)[::-1] if self.transpose else tuple(latent_hw)
-        out = []
-        for ax, flip in enumerate((self.flip_rows, self.flip_cols)):
-            r, o = maps[ax]
-            if flip:  # layer = n-1 - (r*u + o), u = h-1-u'
-                o = layer_hw[ax] - 1 - r * (lat[ax] - 1) - o
-            out.append((r, o))
-        return out
+        ornt = orientation_of(np.asarray(md["affine"], float))
+        axis = [int(ornt[p, 0]) for p in o.perm]  # canonical axis (0 R, 1 A, 2 S) of layer axis d
+        sign = [int(ornt[p, 1]) * (-1 if f else 1) for p, f in zip(o.perm, o.flip)]
+        if axis[0] == 2:
+            return SliceMap.for_axes(axis, sign, n_slices)
+    return SliceMap(transpose=o.perm[1] > o.perm[2], flip_rows=o.flip[1], flip_cols=o.flip[2],
+                    flip_slices=o.flip[0], n_slices=n_slices)
 
 
 def latent_map(in_hw: tuple[int, int], image_size: int, latent_size: int, mode: str,

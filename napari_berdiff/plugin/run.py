@@ -28,7 +28,8 @@ import numpy as np
 
 from ..core.inference.result import DetectionResult, Progress
 from ..core.inference.settings import DEFAULTS, POST, DetectSettings
-from .layers import SliceMap, latent_map
+from ..core.inference.volume import SliceMap
+from .layers import latent_map
 
 
 def _record(pp) -> dict:
@@ -145,37 +146,19 @@ def run_job(job: Job) -> Generator[Progress | Ready | SegDone, None, float]:
 
 def _run(job: Job, torch) -> Generator:
     from ..core.diffusion.sampler import relay
-    from ..core.inference.detector import Detector, normalize_stack
+    from ..core.inference.volume import iter_detect_volume
 
     t0 = time.perf_counter()
-    det = job.detector
-    if det is None:
-        det = Detector.from_checkpoint(job.checkpoint, device=job.device)
-        yield Progress(0, 0, "model loaded", time.perf_counter() - t0)
-    on_gpu = getattr(det.device, "type", "cpu") != "cpu"
-    if not on_gpu:  # physical cores less one for the GUI; an explicit OMP_NUM_THREADS wins
-        from ..core.inference.accel import configure_threads
-
-        configure_threads(job.threads, reserve_gui=True)
-    vol = job.normalized
-    if vol is None:
-        vol = np.asarray(job.volume, dtype=np.float32)
-        bad = int(vol.size - np.count_nonzero(np.isfinite(vol)))
-        if bad:  # checked before normalising: percentiles of NaN data would hide them
-            raise ValueError(f"the input contains {bad} NaN/Inf value(s); fix or mask them first")
-        # as the model's training volumes were (BraTS-style: always per-volume percentiles)
-        vol = normalize_stack(vol, det.volume_normalize("auto"), channel_axis=0)
-        yield Progress(0, 0, "normalised", time.perf_counter() - t0)
-    sm = job.slice_map
-    x_layer = np.ascontiguousarray(np.moveaxis(vol[:, job.slices], 1, 0))  # (N, C, H, W)
-    x_model = np.ascontiguousarray(sm.to_model(x_layer))
+    det = yield from _detector(job, t0)
+    vol = yield from _normalized(job, det, t0)
     s = job.settings
     thresholds = s.thresholds()
     K = len(thresholds)
-    batch = job.batch_size or K * (16 if on_gpu else 2)
-    gen = det.iter_detect(x_model, L=s.L, P=thresholds, steps=s.S, seed=s.seed,
-                          indices=[sm.seed_index(i) for i in job.slices], normalize="none",
-                          keep_mask_history=True, batch_size=batch, spacing=job.spacing)
+    on_gpu = getattr(det.device, "type", "cpu") != "cpu"
+    gen = iter_detect_volume(det, vol, job.slices, job.slice_map, normalize="none", L=s.L,
+                             P=thresholds, steps=s.S, seed=s.seed, keep_mask_history=True,
+                             batch_size=job.batch_size or K * (16 if on_gpu else 2),
+                             spacing=job.spacing)
 
     def sampling(p: Progress) -> Progress:
         return replace(p, total=p.total + K, elapsed=time.perf_counter() - t0,
@@ -184,38 +167,76 @@ def _run(job: Job, torch) -> Generator:
     res = yield from relay(gen, sampling)
     n_sample = res.provenance["batch"]["network_evaluations"]  # 0 when every slice was empty
     total = n_sample + K
-
-    recon = np.ascontiguousarray(sm.to_layer(res.reconstruction))
-    amap = np.ascontiguousarray(sm.to_layer(res.anomaly_map))
-    hist = res.mask_history
-    h, w = hist.shape[-2:]
-    maps = latent_map(x_model.shape[-2:], det.image_size, h, det.preprocess_mode, det.canvas)
-    axes = sm.latent_axes(maps, x_layer.shape[-2:], (h, w))
-    hi = float(max(np.percentile(amap[k], 99.9) for k in range(K))) if amap.size else 1.0
-    prov = dict(res.provenance)
-    prov["normalize"] = ("percentile (per volume and channel, as the model's training volumes)"
-                         if det.percentile_volumes else
-                         "auto (per-volume percentiles only where the values leave [0, 1])")
-    prov["anomaly_map"] = ("sum over channels of (x - x_rec)^2 per pixel, unfiltered; the "
-                           "segmentation (and berdiff detect's anomaly map) use its 5x5 median-"
-                           "filtered version")
-    prov["layer_slices"] = list(job.slices) if len(job.slices) <= 4096 else f"{job.slices[0]}.."
-    prov["torch_threads"] = None if on_gpu else torch.get_num_threads()
-    out = DetectionResult(list(thresholds), recon, amap, res.masked_fraction, x_layer,
-                          np.ascontiguousarray(sm.to_layer(hist)), prov, slices=list(job.slices),
-                          segmentation=np.zeros(amap.shape, np.uint8))
+    out = replace(res, provenance=_provenance(res.provenance, det, job, torch),
+                  segmentation=np.zeros(res.anomaly_map.shape, np.uint8), seg_ready=[False] * K)
     first = out.index_of(s.P)
-    out.segmentation[first] = yield from _segment_ticking(x_layer, recon[first], n_sample, total,
-                                                          t0)
+    out.segmentation[first] = yield from _segment_ticking(out.input, out.reconstruction[first],
+                                                          n_sample, total, t0)
     out.seg_ready[first] = True
-    prov["seconds"] = round(time.perf_counter() - t0, 3)
-    yield Ready(out, axes, (0.0, hi if hi > 0 else 1.0), det, vol)
+    out.provenance["seconds"] = round(time.perf_counter() - t0, 3)
+    yield Ready(out, _latent_axes(det, job.slice_map, out), _map_limits(out.anomaly_map), det, vol)
     # the main thread owns `out` from here on: only local arrays are read below
+    x, recon = out.input, out.reconstruction
     done = n_sample + 1
     for k in range(K):
         if k == first:
             continue
-        seg = yield from _segment_ticking(x_layer, recon[k], done, total, t0)
+        seg = yield from _segment_ticking(x, recon[k], done, total, t0)
         done += 1
         yield SegDone(k, seg, Progress(done, total, "post-processing", time.perf_counter() - t0))
     return time.perf_counter() - t0
+
+
+def _detector(job: Job, t0: float) -> Generator:
+    """The job's detector (loaded unless the widget passed its cached one), with the torch
+    threads on the CPU: physical cores less one for the GUI (an explicit OMP_NUM_THREADS wins)."""
+    from ..core.inference.detector import Detector
+
+    det = job.detector
+    if det is None:
+        det = Detector.from_checkpoint(job.checkpoint, device=job.device)
+        yield Progress(0, 0, "model loaded", time.perf_counter() - t0)
+    if getattr(det.device, "type", "cpu") == "cpu":
+        from ..core.inference.accel import configure_threads
+
+        configure_threads(job.threads, reserve_gui=True)
+    return det
+
+
+def _normalized(job: Job, det, t0: float) -> Generator:
+    """The job's volume normalised as the model's training volumes were (BraTS-style: always
+    per-volume percentiles), unless the widget passed the cached one."""
+    if job.normalized is not None:
+        return job.normalized
+    from ..core.inference.volume import prepare_volume
+
+    vol, _ = prepare_volume(det, job.volume)
+    yield Progress(0, 0, "normalised", time.perf_counter() - t0)
+    return vol
+
+
+def _provenance(prov: dict, det, job: Job, torch) -> dict:
+    on_gpu = getattr(det.device, "type", "cpu") != "cpu"
+    return {**prov,
+            "normalize": ("percentile (per volume and channel, as the model's training volumes)"
+                          if det.percentile_volumes else
+                          "auto (per-volume percentiles only where the values leave [0, 1])"),
+            "anomaly_map": ("sum over channels of (x - x_rec)^2 per pixel, unfiltered; the "
+                            "segmentation (and berdiff detect's anomaly map) use its 5x5 median-"
+                            "filtered version"),
+            "layer_slices": list(job.slices) if len(job.slices) <= 4096 else f"{job.slices[0]}..",
+            "torch_threads": None if on_gpu else torch.get_num_threads()}
+
+
+def _latent_axes(det, sm, res: DetectionResult) -> list[tuple[float, float]]:
+    """Where the latent grid of the mask history lies on the layer's slices."""
+    h, w = res.mask_history.shape[-2:]
+    model_hw = res.input.shape[-2:][::-1] if sm.transpose else res.input.shape[-2:]
+    maps = latent_map(model_hw, det.image_size, h, det.preprocess_mode, det.canvas)
+    return sm.latent_axes(maps, res.input.shape[-2:], (h, w))
+
+
+def _map_limits(amap: np.ndarray) -> tuple[float, float]:
+    """The anomaly map's display range: up to the largest 99.9th percentile over the sweep."""
+    hi = float(max(np.percentile(amap[k], 99.9) for k in range(len(amap)))) if amap.size else 1.0
+    return (0.0, hi if hi > 0 else 1.0)

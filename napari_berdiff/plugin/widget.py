@@ -18,7 +18,7 @@ from .dock import Dock
 from .input_chooser import InputChooser
 from .inputs import (InputError, base_name, build_volume, channel_titles, pixel_spacing,
                      run_slices, view_of)
-from .layers import SliceMap
+from .layers import SliceMap, slice_map_for_layer
 from .model_chooser import ModelChange, ModelChooser
 from .run import Job, Ready, RunContext, SegDone
 from .runner import Runner
@@ -177,7 +177,7 @@ class BerdiffWidget(QWidget):
         det_key = (ck.sha256, self.c.device.value)
         Z = 1 if src.ndim == 2 else src.data.shape[0]
         job = Job(volume=volume, slices=slices,
-                  slice_map=SliceMap.for_layer(src.metadata, Z) if src.ndim == 3 else SliceMap(),
+                  slice_map=slice_map_for_layer(src.metadata, Z) if src.ndim == 3 else SliceMap(),
                   checkpoint=ck, spacing=pixel_spacing(src), device=self.c.device.value,
                   settings=settings, normalized=normalized,
                   detector=self._detector[1] if self._detector[0] == det_key else None)

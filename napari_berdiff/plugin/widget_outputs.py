@@ -12,19 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.inference.volume import full_volume
 from .layers import geometry_kwargs, latent_geometry_kwargs
 from .reader import MODALITY_TITLES
 from .run import POSTPROCESS, RunContext
 
 OUTPUT_KINDS = ("reconstruction", "anomaly map", "segmentation", "mask evolution", "difference")
-
-
-def _full(shape_zhw: tuple, slices: list[int], values: np.ndarray, dtype) -> np.ndarray:
-    """A (Z, ...) array with ``values`` (N, ...) at ``slices`` and zeros elsewhere; 2D sources
-    (Z == 1 with no slice axis) return the slice itself."""
-    out = np.zeros(shape_zhw, dtype=dtype)
-    out[slices] = values
-    return out
 
 
 def _current(layer, key):
@@ -50,7 +43,6 @@ class OutputLayers:
         """Display threshold index ``k`` of the run's result over its source layer."""
         src, base = ctx.src, ctx.base
         two_d = src.ndim == 2
-        H, W = outcome.input.shape[-2:]
         Z = 1 if two_d else src.data.shape[0]
         sl = outcome.slices
         P = outcome.thresholds[k]
@@ -60,7 +52,7 @@ class OutputLayers:
         geo = geometry_kwargs(src)
 
         def vol(values, dtype=np.float32):
-            full = _full((Z, H, W), sl, values, dtype)
+            full = full_volume(values, sl, Z, dtype)
             return full[0] if two_d else full
 
         first = f"{base} anomaly map" not in self.viewer.layers
@@ -83,7 +75,6 @@ class OutputLayers:
         """The reconstruction layers (one per channel) of threshold ``k``, hidden when new."""
         src, base, channel_names = ctx.src, ctx.base, ctx.channel_names
         two_d = src.ndim == 2
-        H, W = outcome.input.shape[-2:]
         Z = 1 if two_d else src.data.shape[0]
         meta_base = dict(src.metadata or {})
         meta_base["provenance"] = dict(outcome.provenance, P_shown=outcome.thresholds[k],
@@ -92,7 +83,7 @@ class OutputLayers:
         C = outcome.reconstruction.shape[2]
         layers = []
         for c in range(C):
-            full = _full((Z, H, W), outcome.slices, outcome.reconstruction[k, :, c], np.float32)
+            full = full_volume(outcome.reconstruction[k, :, c], outcome.slices, Z, np.float32)
             layers.append(self._image(self.recon_name(base, c, C, channel_names), full[0] if two_d else full,
                                       geo, dict(meta_base, output="reconstruction", channel=c),
                                       dict(colormap="gray", contrast_limits=(0.0, 1.0)), visible=False))
@@ -106,7 +97,7 @@ class OutputLayers:
             return
         layer = self.viewer.layers[name]
         Z = 1 if src.ndim == 2 else src.data.shape[0]
-        full = _full((Z,) + outcome.segmentation.shape[-2:], outcome.slices, outcome.segmentation[k], np.uint8)
+        full = full_volume(outcome.segmentation[k], outcome.slices, Z, np.uint8)
         layer.metadata = dict(layer.metadata, pending=False)
         layer.data = full[0] if src.ndim == 2 else full
 
@@ -121,10 +112,9 @@ class OutputLayers:
         """``input - reconstruction`` of the first channel (a signed map) as a layer."""
         src, base = ctx.src, ctx.base
         two_d = src.ndim == 2
-        H, W = outcome.input.shape[-2:]
         Z = 1 if two_d else src.data.shape[0]
         d = outcome.input[:, 0] - outcome.reconstruction[k, :, 0]
-        full = _full((Z, H, W), outcome.slices, d, np.float32)
+        full = full_volume(d, outcome.slices, Z, np.float32)
         meta = dict(src.metadata or {}, provenance=dict(outcome.provenance, P_shown=outcome.thresholds[k]),
                     output="difference")
         lim = float(max(np.abs(d).max(), 1e-6))

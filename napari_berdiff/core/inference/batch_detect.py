@@ -32,6 +32,7 @@ from .triage import TRIAGE_RULES, triage_input
 from .uncertainty import Sampled
 from .postprocess import paper_anomaly_map
 from .settings import DetectSettings
+from .volume import full_volume
 
 __all__ = ["DetectSettings", "load_item", "run_item", "detect_item", "summary_path",
            "summary_rows", "item_outputs"]
@@ -249,37 +250,49 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
     spread = None if spread is None else spread[0]
     with AtomicFiles() as files:
         if item.is_2d:
-            import tifffile
-
-            tifffile.imwrite(files.temp(paths["anomaly"]), amap[0].astype(np.float32))
-            _png(files.temp(paths["seg"]), seg[0].astype(np.uint8) * 255)
-            _png(files.temp(paths["recon"]), np.rint(np.clip(rec[0, 0], 0, 1) * 255))
-            if spread is not None:
-                tifffile.imwrite(files.temp(paths["spread"]), spread[0].astype(np.float32))
+            _write_2d(files, paths, amap[0], seg[0], rec[0, 0],
+                      None if spread is None else spread[0])
         else:
-            two_d = header is not None and len(header.get_data_shape()) == 2  # stays 2D
-
-            def back(stack, dtype):  # (n, [C,] h, w) selected slices -> the file's voxel order
-                full = np.zeros(stack.shape[1:-2] + vol.shape[1:], dtype)
-                full[..., idx] = np.moveaxis(stack, 0, -1)
-                full = from_canonical(full, ornt) if full.ndim == 3 else np.moveaxis(
-                    from_canonical(full, ornt), 0, -1)  # channels last
-                if full.ndim == 4 and full.shape[-1] == 1:
-                    full = full[..., 0]
-                return full[:, :, 0] if two_d else full
-
-            _nifti(files.temp(paths["anomaly"]), back(amap, np.float32), affine, header,
-                   np.float32)
-            _nifti(files.temp(paths["seg"]), back(seg, np.uint8), affine, header, np.uint8)
-            _nifti(files.temp(paths["recon"]), back(rec, np.float32), affine, header, np.float32)
+            outputs = [("anomaly", amap, np.float32), ("seg", seg, np.uint8),
+                       ("recon", rec, np.float32)]
             if spread is not None:
-                _nifti(files.temp(paths["spread"]), back(spread, np.float32), affine, header,
-                       np.float32)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        files.temp(paths["scores"]).write_text(buf.getvalue())
-        files.temp(paths["provenance"]).write_text(json.dumps(prov, indent=2, default=str) + "\n")
+                outputs.append(("spread", spread, np.float32))
+            _write_volume(files, paths, outputs, idx, vol.shape[-1], ornt, affine, header)
+        _write_tables(files, paths, rows, prov)
     return {"name": item.name, "slices": len(idx), "seg_pixels": int(seg.sum()),
             "outputs": [str(p) for p in paths.values()], "scores": scores}
+
+
+def _write_2d(files: AtomicFiles, paths: dict, amap, seg, rec, spread=None) -> None:
+    """A 2D image's map (TIFF), segmentation and reconstruction (PNG); the spread (TIFF)."""
+    import tifffile
+
+    tifffile.imwrite(files.temp(paths["anomaly"]), amap.astype(np.float32))
+    _png(files.temp(paths["seg"]), seg.astype(np.uint8) * 255)
+    _png(files.temp(paths["recon"]), np.rint(np.clip(rec, 0, 1) * 255))
+    if spread is not None:
+        tifffile.imwrite(files.temp(paths["spread"]), spread.astype(np.float32))
+
+
+def _write_volume(files: AtomicFiles, paths: dict, outputs, idx, n_z: int, ornt, affine,
+                  header) -> None:
+    """``outputs``: (kind, values of the axial slices ``idx`` in RAS order (n, [C,] R, A), dtype),
+    written as NIfTI volumes in the file's own voxel order and affine (0 on the slices not run;
+    channels last, a single channel dropped; a 2D NIfTI stays 2D)."""
+    two_d = header is not None and len(header.get_data_shape()) == 2
+    for kind, values, dtype in outputs:
+        full = from_canonical(np.moveaxis(full_volume(values, idx, n_z, dtype), 0, -1), ornt)
+        if full.ndim == 4:  # (C, X, Y, Z) -> channels last
+            full = np.moveaxis(full, 0, -1)
+            if full.shape[-1] == 1:
+                full = full[..., 0]
+        _nifti(files.temp(paths[kind]), full[:, :, 0] if two_d else full, affine, header, dtype)
+
+
+def _write_tables(files: AtomicFiles, paths: dict, rows: list[dict], prov: dict) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    files.temp(paths["scores"]).write_text(buf.getvalue())
+    files.temp(paths["provenance"]).write_text(json.dumps(prov, indent=2, default=str) + "\n")

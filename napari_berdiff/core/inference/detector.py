@@ -21,6 +21,7 @@ networks run under bf16/fp16 autocast (``amp``), optionally channels_last and ``
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from datetime import datetime, timezone
 from typing import Callable, Generator, Sequence
@@ -29,17 +30,48 @@ import numpy as np
 import torch
 
 from . import preprocess
+from .preprocess import canvas_for, field_of_view
 from .accel import autocast, maybe_compile, resolve_amp, to_channels_last
 from .batching import BatchPlan, available_memory, empty_slices, plan_batches
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from .device import resolve_device
 from .result import DetectionResult, Progress
 from .settings import DEFAULTS
+from .volume import (as_channels_first, check_finite, iter_detect_volume, normalize_stack,
+                     resolve_normalize)
 from ..diffusion.sampler import SamplerStep, drive, masked_sampler, relay, resolve_seeds
 from ..diffusion.schedule import BernoulliSchedule, step_grid
 
-NORMALIZE_MODES = ("auto", "percentile", "none")
-BRATS_SIDE = 240  # BraTS slices: 240 x 240 voxels of 1 mm
+
+
+@dataclass
+class _Run:
+    """One call of :meth:`Detector.iter_detect`: its input, plan and output arrays."""
+
+    t_start: float
+    x: np.ndarray  # (N, C, H, W) normalised
+    L: int
+    steps: int | None
+    seed: int
+    thresholds: list[float]
+    idx: list[int]  # per-slice numbers (the seeds follow them)
+    seeds: list[int]
+    applied: str  # the normalisation applied
+    canvas: object
+    spacing: Sequence[float] | None
+    geom: object  # preprocess.plan
+    n_steps: int
+    recon: np.ndarray
+    amap: np.ndarray
+    frac: np.ndarray
+    hist: np.ndarray | None
+    skipped: np.ndarray
+    skip_empty: bool
+    plan: BatchPlan
+    per: int  # slices per call
+    chunks: list
+    total: int  # network evaluations
+    done: int = 0
 
 
 class Detector:
@@ -148,21 +180,19 @@ class Detector:
                       **kwargs) -> DetectionResult:
         """Detect on a (C, X, Y, Z) volume (or 3D (X, Y, Z) for one channel) slice by slice along
         ``slice_axis`` of the spatial axes; ``slices`` picks a subset. Per-slice seeds follow the
-        slice index, so a slice gives the same result alone as within the volume."""
-        vol = _as_channels_first(volume)
-        _check_finite(vol)
-        mode = self.volume_normalize(kwargs.pop("normalize", "auto"))
-        applied = resolve_normalize(mode, vol)
-        vol = normalize_stack(vol, applied, channel_axis=0)
-        stack, idx = volume_to_slices(vol, slice_axis, slices)
+        slice index, so a slice gives the same result alone as within the volume. ``spacing``:
+        the voxel sizes of the three spatial axes (see :func:`.volume.iter_detect_volume`)."""
+        vol = as_channels_first(volume)
+        if vol.ndim != 4:
+            raise ValueError(f"expected a volume (C, X, Y, Z) or (X, Y, Z), got shape {np.shape(volume)}")
+        ax = slice_axis % 3
         spacing = kwargs.pop("spacing", None)
         if spacing is not None:  # voxel sizes of the spatial axes -> those of a slice's rows, cols
-            spacing = [float(v) for i, v in enumerate(spacing) if i != slice_axis % 3]
-        res = self.detect(stack, indices=idx, normalize="none", spacing=spacing, **kwargs)
-        res.provenance["normalize"] = (f"{applied} (per volume and channel, {mode!r} requested)"
-                                       if applied == "percentile" else f"none ({mode!r} requested; "
-                                       "the data were already in [0, 1])")
-        return res
+            spacing = [float(v) for i, v in enumerate(spacing) if i != ax]
+        progress = kwargs.pop("progress", None)
+        gen = iter_detect_volume(self, np.moveaxis(vol, 1 + ax, 1), slices,
+                                 normalize=kwargs.pop("normalize", "auto"), spacing=spacing, **kwargs)
+        return drive(gen, progress)
 
     def iter_detect(
         self,
@@ -192,6 +222,19 @@ class Detector:
         (BraTS-style: 240 mm at 1 mm) the slice is padded or cropped to that field of view, so a
         cropped or finer volume keeps the anatomy's training scale (None: the training spacing).
         """
+        run = self._prepare(images, L=L, P=P, steps=steps, seed=seed, indices=indices,
+                            batch_size=batch_size, normalize=normalize, skip_empty=skip_empty,
+                            keep_mask_history=keep_mask_history, spacing=spacing)
+        for sel in run.chunks:
+            yield from self._run_chunk(run, sel, deterministic_encoding, deterministic_last_step)
+        prov = self._provenance(run, deterministic_encoding=deterministic_encoding,
+                                deterministic_last_step=deterministic_last_step)
+        return DetectionResult(run.thresholds, run.recon, run.amap, run.frac, run.x, run.hist, prov,
+                               slices=run.idx)
+
+    def _prepare(self, images, *, L, P, steps, seed, indices, batch_size, normalize, skip_empty,
+                 keep_mask_history, spacing) -> "_Run":
+        """Check and normalise the input, plan the batches and allocate the outputs."""
         t_start = time.perf_counter()
         x = _as_stack(images)
         N, C, H, W = x.shape
@@ -209,68 +252,75 @@ class Detector:
         idx = list(range(N)) if indices is None else [int(i) for i in indices]
         if len(idx) != N:
             raise ValueError(f"got {len(idx)} indices for {N} slices")
-        image_seeds = resolve_seeds([seed + i for i in idx], N)
         canvas = self.canvas_for(spacing)
-        geom = preprocess.plan((H, W), self.image_size, self.preprocess_mode, canvas)
         n_steps = len(step_grid(L, steps)) - 1  # network evaluations per batch
-
         recon = np.zeros((K, N, C, H, W), np.float32)
         amap = np.zeros((K, N, H, W), np.float32)
-        frac = np.zeros((K, N), np.float32)
         skipped = empty_slices(x) if skip_empty else np.zeros(N, bool)
         recon[:, skipped] = x[skipped]  # nothing to reconstruct: the map stays 0
         plan = self.plan_batches(batch_size, reserve_bytes=_host_bytes(self.device, recon, amap))
-        run = np.flatnonzero(~skipped)
         per = plan.slices_per_call(K)
-        chunks = [run[a:a + per] for a in range(0, len(run), per)]
-        total = len(chunks) * n_steps
+        todo = np.flatnonzero(~skipped)
+        chunks = [todo[a:a + per] for a in range(0, len(todo), per)]
         hist = None
         if keep_mask_history:
             h = self.image_size // self.autoencoder.config.downsample_factor
             hist = np.zeros((n_steps, K, N, h, h), np.float16)
-        done = [0]
-        for sel in chunks:
-            z = self._encode(x[sel], geom, [image_seeds[i] for i in sel], deterministic_encoding,
-                             plan.ae_images)
-            gen = masked_sampler(self._flip_model, z, self.schedule, L, thresholds, steps=steps,
-                                 seeds=[image_seeds[i] for i in sel],
-                                 deterministic_last_step=deterministic_last_step)
-            span, positions = (int(sel[0]), int(sel[-1]) + 1), tuple(int(i) for i in sel)
+        return _Run(t_start=t_start, x=x, L=int(L), steps=steps, seed=int(seed),
+                    thresholds=thresholds, idx=idx, seeds=resolve_seeds([seed + i for i in idx], N),
+                    applied=applied, canvas=canvas, spacing=spacing,
+                    geom=preprocess.plan((H, W), self.image_size, self.preprocess_mode, canvas),
+                    n_steps=n_steps, recon=recon, amap=amap, frac=np.zeros((K, N), np.float32),
+                    hist=hist, skipped=skipped, skip_empty=bool(skip_empty), plan=plan,
+                    per=per, chunks=chunks, total=len(chunks) * n_steps)
 
-            def tick(step: SamplerStep, sel=sel, span=span, positions=positions) -> Progress:
-                if hist is not None:
-                    m = step.mask.float().mean(dim=1).reshape(len(sel), K, *step.mask.shape[-2:])
-                    hist[step.index][:, sel] = m.transpose(0, 1).cpu().numpy()
-                done[0] += 1
-                return Progress(done[0], total, elapsed=time.perf_counter() - t_start,
-                                images=span, slices=positions, step=step)
+    def _run_chunk(self, run: "_Run", sel: np.ndarray, deterministic_encoding: bool,
+                   deterministic_last_step: bool) -> Generator[Progress, None, None]:
+        """Encode, sample and decode the slices ``sel`` for every threshold (one batch)."""
+        K = len(run.thresholds)
+        seeds = [run.seeds[i] for i in sel]
+        z = self._encode(run.x[sel], run.geom, seeds, deterministic_encoding, run.plan.ae_images)
+        gen = masked_sampler(self._flip_model, z, self.schedule, run.L, run.thresholds,
+                             steps=run.steps, seeds=seeds,
+                             deterministic_last_step=deterministic_last_step)
+        span, positions = (int(sel[0]), int(sel[-1]) + 1), tuple(int(i) for i in sel)
 
-            out = yield from relay(gen, tick)
-            frac[:, sel] = out.masked_fraction.reshape(len(sel), K).T.cpu().numpy()
-            self._decode_into(out.z0, x, sel, K, geom, plan.ae_images, recon, amap)
+        def tick(step: SamplerStep) -> Progress:
+            if run.hist is not None:
+                m = step.mask.float().mean(dim=1).reshape(len(sel), K, *step.mask.shape[-2:])
+                run.hist[step.index][:, sel] = m.transpose(0, 1).cpu().numpy()
+            run.done += 1
+            return Progress(run.done, run.total, elapsed=time.perf_counter() - run.t_start,
+                            images=span, slices=positions, step=step)
 
-        prov = {
+        out = yield from relay(gen, tick)
+        run.frac[:, sel] = out.masked_fraction.reshape(len(sel), K).T.cpu().numpy()
+        self._decode_into(out.z0, run.x, sel, K, run.geom, run.plan.ae_images, run.recon, run.amap)
+
+    def _provenance(self, run: "_Run", **flags) -> dict:
+        """What the run was, for the result's provenance (``flags``: the sampler options)."""
+        idx, plan = run.idx, run.plan
+        return {
             "method": "masked Bernoulli latent diffusion (Wolleb et al., MICCAI 2024)",
-            "L": int(L), "P": thresholds, "steps": n_steps, "seed": int(seed),
-            "slice_indices": idx if N <= 4096 else f"{idx[0]}..{idx[-1]}",
+            "L": run.L, "P": run.thresholds, "steps": run.n_steps, "seed": run.seed,
+            "slice_indices": idx if len(idx) <= 4096 else f"{idx[0]}..{idx[-1]}",
             "device": str(self.device), "device_warning": self.device_warning,
             "model_hash": self.model_hash, "model": self.meta.get("name"),
-            "preprocess": {"mode": self.preprocess_mode, "canvas": canvas, "size": self.image_size,
-                           "spacing_mm": None if spacing is None else [float(v) for v in spacing],
+            "preprocess": {"mode": self.preprocess_mode, "canvas": run.canvas,
+                           "size": self.image_size,
+                           "spacing_mm": None if run.spacing is None else [float(v) for v in run.spacing],
                            "training_spacing_mm": self.spacing_mm},
-            "normalize": applied, "deterministic_encoding": deterministic_encoding,
-            "deterministic_last_step": deterministic_last_step,
-            "skip_empty": bool(skip_empty),
-            "skipped_slices": [idx[i] for i in np.flatnonzero(skipped)],
-            "batch": {"trajectories_per_call": plan.trajectories, "slices_per_call": per,
+            "normalize": run.applied, **flags,
+            "skip_empty": run.skip_empty,
+            "skipped_slices": [idx[i] for i in np.flatnonzero(run.skipped)],
+            "batch": {"trajectories_per_call": plan.trajectories, "slices_per_call": run.per,
                       "autoencoder_images_per_call": plan.ae_images, "source": plan.source,
-                      "calls": len(chunks), "network_evaluations": total},
+                      "calls": len(run.chunks), "network_evaluations": run.total},
             **self.speed_settings,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(time.perf_counter() - t_start, 3),
+            "seconds": round(time.perf_counter() - run.t_start, 3),
             "versions": _versions(),
         }
-        return DetectionResult(thresholds, recon, amap, frac, x, hist, prov, slices=idx)
 
     # -- the pieces ------------------------------------------------------------------------
     def _model_input(self, t: torch.Tensor) -> torch.Tensor:
@@ -348,90 +398,5 @@ def _as_stack(images) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"expected a numeric image, got dtype {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)
-    _check_finite(arr)
+    check_finite(arr)
     return arr
-
-
-def _check_finite(arr: np.ndarray) -> None:
-    bad = int(np.count_nonzero(~np.isfinite(arr)))
-    if bad:
-        raise ValueError(f"the input contains {bad} NaN/Inf value(s); fix or mask them first")
-
-
-def _as_channels_first(volume) -> np.ndarray:
-    v = np.asarray(volume, dtype=np.float32)
-    return v[None] if v.ndim == 3 else v
-
-
-def volume_to_slices(volume, slice_axis: int = -1, slices: Sequence[int] | None = None):
-    """(C, X, Y, Z) or (X, Y, Z) -> ((n, C, h, w) stack, slice indices) along a spatial axis."""
-    v = _as_channels_first(volume)
-    if v.ndim != 4:
-        raise ValueError(f"expected a volume (C, X, Y, Z) or (X, Y, Z), got shape {np.shape(volume)}")
-    ax = slice_axis % 3 + 1
-    stack = np.moveaxis(v, ax, 0)  # (Z, C, X, Y)
-    idx = list(range(stack.shape[0])) if slices is None else [int(i) for i in slices]
-    if idx and (min(idx) < 0 or max(idx) >= stack.shape[0]):
-        raise ValueError(f"slice indices must lie in 0..{stack.shape[0] - 1}")
-    return np.ascontiguousarray(stack[idx]), idx
-
-
-def slices_to_volume(arr: np.ndarray, slice_axis: int = -1) -> np.ndarray:
-    """Inverse of :func:`volume_to_slices` for outputs shaped (..., N, H, W): returns
-    (..., X, Y, Z) with the slice axis put back at ``slice_axis`` of the three spatial axes.
-    (Move a channel axis in front of N first, e.g. (K, N, C, H, W) -> (K, C, N, H, W).)"""
-    n_axis = arr.ndim - 3
-    return np.moveaxis(arr, n_axis, n_axis + slice_axis % 3)
-
-
-def field_of_view(meta: dict, image_size: int) -> tuple[int | None, float | None]:
-    """(side in pixels, pixel size in mm) of the field of view a pad-mode model was trained on:
-    recorded in ``meta["preprocess"]`` (``canvas``, ``spacing_mm``) or, for BraTS-style models,
-    240 x 240 slices at 1 mm. (None, None) where the model has no field of view in mm."""
-    pre = (meta or {}).get("preprocess") or {}
-    side, spacing = pre.get("canvas"), pre.get("spacing_mm")
-    if pre.get("mode", "pad") != "pad":
-        return None, None
-    if (meta or {}).get("modality") == "brats":
-        side, spacing = side or max(BRATS_SIDE, int(image_size)), spacing or 1.0
-    if side is None or spacing is None:
-        return None, None
-    return int(side), float(spacing)
-
-
-def canvas_for(meta: dict, image_size: int, spacing: Sequence[float] | None = None):
-    """The pad/crop canvas (pixels; an int, or (rows, cols)) for slices whose pixels are
-    ``spacing`` = (row, col) mm: the model's field of view in mm in the slice's own pixels, so
-    a cropped, padded or finer volume keeps the anatomy's training scale. Without a spacing (or
-    a field of view): the canvas the checkpoint records, None for the plain rule (pad to the
-    larger side; slices already at the model's size pass unchanged)."""
-    recorded = ((meta or {}).get("preprocess") or {}).get("canvas")
-    side, mm = field_of_view(meta, image_size)
-    if spacing is None or side is None:
-        return recorded
-    sp = [float(v) for v in spacing]
-    if len(sp) != 2 or not all(np.isfinite(sp)) or min(sp) <= 0:
-        raise ValueError(f"spacing must be two positive pixel sizes in mm, got {spacing}")
-    rows, cols = (max(1, int(round(side * mm / v))) for v in sp)
-    return rows if rows == cols else (rows, cols)
-
-
-def resolve_normalize(mode: str, x: np.ndarray) -> str:
-    """What :func:`normalize_stack` does with ``mode`` on ``x``: "percentile" or "none"."""
-    if mode not in NORMALIZE_MODES:
-        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {mode!r}")
-    if mode == "percentile" or (mode == "auto" and (float(x.min()) < 0.0 or float(x.max()) > 1.0)):
-        return "percentile"
-    return "none"
-
-
-def normalize_stack(x: np.ndarray, mode: str = "auto", channel_axis: int = 1) -> np.ndarray:
-    """Per-channel intensity normalisation of a stack or volume (see the module docstring):
-    ``"percentile"`` is the training preparation's robust per-volume normalisation
-    (:func:`napari_berdiff.core.io.readers.normalize_volume`), ``"auto"`` applies it only when
-    the data are not already within [0, 1], ``"none"`` leaves the data as they are."""
-    if resolve_normalize(mode, x) == "none":
-        return x
-    from ..io.readers import normalize_volume
-
-    return normalize_volume(x, channel_axis=channel_axis)

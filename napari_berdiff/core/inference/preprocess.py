@@ -3,17 +3,20 @@
 The modes ``"pad"``, ``"square"`` and ``"resize"`` come from a checkpoint's ``meta["preprocess"]``;
 downsizing matches the training preparation (``core.io.geometry``) exactly, and :func:`from_model`
 maps results back to the input's size (docs/design-notes.md, "Geometry").
+Also the field of view a model was trained on, in mm (:func:`field_of_view`, :func:`canvas_for`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 MODES = ("pad", "square", "resize")
+BRATS_SIDE = 240  # BraTS slices: 240 x 240 voxels of 1 mm
 
 
 @dataclass(frozen=True)
@@ -101,3 +104,35 @@ def from_model(y: torch.Tensor, geom: Geometry) -> torch.Tensor:
     y = _resize(y, geom.mid_hw)
     top, bottom, left, right = geom.pads
     return _pad(y, (-top, -bottom, -left, -right))
+
+
+def field_of_view(meta: dict, image_size: int) -> tuple[int | None, float | None]:
+    """(side in pixels, pixel size in mm) of the field of view a pad-mode model was trained on:
+    recorded in ``meta["preprocess"]`` (``canvas``, ``spacing_mm``) or, for BraTS-style models,
+    240 x 240 slices at 1 mm. (None, None) where the model has no field of view in mm."""
+    pre = (meta or {}).get("preprocess") or {}
+    side, spacing = pre.get("canvas"), pre.get("spacing_mm")
+    if pre.get("mode", "pad") != "pad":
+        return None, None
+    if (meta or {}).get("modality") == "brats":
+        side, spacing = side or max(BRATS_SIDE, int(image_size)), spacing or 1.0
+    if side is None or spacing is None:
+        return None, None
+    return int(side), float(spacing)
+
+
+def canvas_for(meta: dict, image_size: int, spacing: Sequence[float] | None = None):
+    """The pad/crop canvas (pixels; an int, or (rows, cols)) for slices whose pixels are
+    ``spacing`` = (row, col) mm: the model's field of view in mm in the slice's own pixels, so
+    a cropped, padded or finer volume keeps the anatomy's training scale. Without a spacing (or
+    a field of view): the canvas the checkpoint records, None for the plain rule (pad to the
+    larger side; slices already at the model's size pass unchanged)."""
+    recorded = ((meta or {}).get("preprocess") or {}).get("canvas")
+    side, mm = field_of_view(meta, image_size)
+    if spacing is None or side is None:
+        return recorded
+    sp = [float(v) for v in spacing]
+    if len(sp) != 2 or not all(np.isfinite(sp)) or min(sp) <= 0:
+        raise ValueError(f"spacing must be two positive pixel sizes in mm, got {spacing}")
+    rows, cols = (max(1, int(round(side * mm / v))) for v in sp)
+    return rows if rows == cols else (rows, cols)
