@@ -118,7 +118,48 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
         raise DataError(Path(src_root), f"no {HEALTHY_CLASS}/ folder of training images under "
                                         f"{src_root}")
     rng = np.random.default_rng(seed)
-    assign: dict[str, list[tuple[str, Path, Path | None]]] = {"train": [], "val": [], "test": []}
+    assign, unused = _assign(layout, rng, max_per_class, val_fraction, normal_test_fraction)
+    base = Path(src_root)
+    params = {"image_size": int(image_size), "keep_aspect": bool(keep_aspect),
+              "val_fraction": float(val_fraction),
+              "normal_test_fraction": float(normal_test_fraction),
+              "max_per_class": max_per_class, "seed": int(seed)}
+    with atomic_output_dir(out, overwrite) as tmp, \
+         split_writers(tmp, 1, image_size, raw_labels=False) as writers:
+        per_class, skipped, transforms = _write_images(
+            writers, assign, base, image_size, keep_aspect, workers, show_progress, skip_bad)
+        bad = {d["case"] for d in skipped}
+        split_info = {"dataset": "oct", "seed": int(seed), "params": params,
+                      "source": str(base.resolve()),
+                      "layout": "flat" if "" in layout else "kermany",
+                      **{s: [r for r in (str(t[1].relative_to(base)) for t in assign[s])
+                             if r not in bad] for s in assign},
+                      "skipped": skipped}
+        meta = {"dataset": "oct", "channels": ["oct"], "image_size": int(image_size),
+                "source": str(base.resolve()),
+                "normalisation": {"method": "bit depth", "doc": IMAGE_SCALING_DOC},
+                "geometry": {"keep_aspect": bool(keep_aspect),
+                             "transforms": list(transforms.values())[:20]},
+                "labels": {"binary": "mask > 0 (from <CLASS>_masks/<stem>.png)",
+                           "healthy": f"class {HEALTHY_CLASS}"},
+                "classes": sorted({c for cl in layout.values() for c in cl}),
+                "split": {"seed": int(seed), "by": "patient", **params},
+                "skipped": skipped}
+        extra = {s: {"classes": per_class[s]} for s in per_class}
+        extra["train"]["diseased_unused"] = unused
+        meta = finish(tmp, writers, meta, split_info, extra)
+    meta["out_dir"] = str(out)
+    return meta
+
+
+Assignment = dict[str, list[tuple[str, Path, "Path | None"]]]
+
+
+def _assign(layout, rng, max_per_class, val_fraction: float,
+            normal_test_fraction: float) -> tuple[Assignment, int]:
+    """The split of every image (see :func:`prepare_oct`): ``{split: [(class, image, mask)]}``
+    and how many diseased training images go unused (Kermany layout)."""
+    assign: Assignment = {"train": [], "val": [], "test": []}
     unused = 0
     for parent in sorted(layout):
         for cls in sorted(layout[parent]):
@@ -142,55 +183,34 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
                 assign["test"] += rest
             else:
                 unused += len(rest)
-    base = Path(src_root)
-    params = {"image_size": int(image_size), "keep_aspect": bool(keep_aspect),
-              "val_fraction": float(val_fraction),
-              "normal_test_fraction": float(normal_test_fraction),
-              "max_per_class": max_per_class, "seed": int(seed)}
-    per_class = {s: {} for s in assign}
+    return assign, unused
+
+
+def _write_images(writers, assign: Assignment, base: Path, image_size: int, keep_aspect: bool,
+                  workers: int, show_progress: bool, skip_bad: bool):
+    """Read, resize and write every assigned image (in parallel); returns the images per split
+    and class, the skipped ones and the distinct resize transforms."""
+    per_class: dict[str, dict[str, int]] = {s: {} for s in assign}
     skipped: list[dict] = []
     transforms: dict[str, Any] = {}
-    with atomic_output_dir(out, overwrite) as tmp, \
-         split_writers(tmp, 1, image_size, raw_labels=False) as writers:
-        order = [(s, t) for s in ("train", "val", "test") for t in assign[s]]
-        jobs = [(str(img), None if mask is None else str(mask), int(image_size), keep_aspect, 1)
-                for _, (_, img, mask) in order]
-        results = progress(parallel_map(image_job, jobs, workers), len(jobs), "OCT images",
-                           show_progress)
-        for (s, (cls, img, _mask)), res in zip(order, results):
-            if isinstance(res, DataError):
-                skip_or_raise(skipped, str(img.relative_to(base)), res, skip_bad)
-                continue
-            images, m, tf = res
-            transforms.setdefault(str(tf["in_shape"]), tf)
-            pid, n = _ids(img)
-            if s == "train":
-                writers[s].add(images, case_id=pid, slice_index=n, healthy=True,
-                               class_name=cls, source=str(img.relative_to(base)))
-            else:
-                writers[s].add(images, labels=m, case_id=pid, slice_index=n,
-                               healthy=cls == HEALTHY_CLASS, class_name=cls,
-                               has_mask=m is not None, source=str(img.relative_to(base)))
-            per_class[s][cls] = per_class[s].get(cls, 0) + 1
-        bad = {d["case"] for d in skipped}
-        split_info = {"dataset": "oct", "seed": int(seed), "params": params,
-                      "source": str(base.resolve()),
-                      "layout": "flat" if "" in layout else "kermany",
-                      **{s: [r for r in (str(t[1].relative_to(base)) for t in assign[s])
-                             if r not in bad] for s in assign},
-                      "skipped": skipped}
-        meta = {"dataset": "oct", "channels": ["oct"], "image_size": int(image_size),
-                "source": str(base.resolve()),
-                "normalisation": {"method": "bit depth", "doc": IMAGE_SCALING_DOC},
-                "geometry": {"keep_aspect": bool(keep_aspect),
-                             "transforms": list(transforms.values())[:20]},
-                "labels": {"binary": "mask > 0 (from <CLASS>_masks/<stem>.png)",
-                           "healthy": f"class {HEALTHY_CLASS}"},
-                "classes": sorted({c for cl in layout.values() for c in cl}),
-                "split": {"seed": int(seed), "by": "patient", **params},
-                "skipped": skipped}
-        extra = {s: {"classes": per_class[s]} for s in per_class}
-        extra["train"]["diseased_unused"] = unused
-        meta = finish(tmp, writers, meta, split_info, extra)
-    meta["out_dir"] = str(out)
-    return meta
+    order = [(s, t) for s in ("train", "val", "test") for t in assign[s]]
+    jobs = [(str(img), None if mask is None else str(mask), int(image_size), keep_aspect, 1)
+            for _, (_, img, mask) in order]
+    results = progress(parallel_map(image_job, jobs, workers), len(jobs), "OCT images",
+                       show_progress)
+    for (s, (cls, img, _mask)), res in zip(order, results):
+        if isinstance(res, DataError):
+            skip_or_raise(skipped, str(img.relative_to(base)), res, skip_bad)
+            continue
+        images, m, tf = res
+        transforms.setdefault(str(tf["in_shape"]), tf)
+        pid, n = _ids(img)
+        if s == "train":
+            writers[s].add(images, case_id=pid, slice_index=n, healthy=True,
+                           class_name=cls, source=str(img.relative_to(base)))
+        else:
+            writers[s].add(images, labels=m, case_id=pid, slice_index=n,
+                           healthy=cls == HEALTHY_CLASS, class_name=cls,
+                           has_mask=m is not None, source=str(img.relative_to(base)))
+        per_class[s][cls] = per_class[s].get(cls, 0) + 1
+    return per_class, skipped, transforms

@@ -156,105 +156,150 @@ def run_training(task: TrainTask, dataset, opts: LoopOptions) -> Path:
 
     Raises :class:`TrainingInterrupted` after saving ``last.pt`` when stopped by a signal.
     """
-    info, state, out = task.info, task.state, opts.out_dir
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(out)
-    barrier(info)
-    loader = InfiniteLoader(dataset, opts.batch_size, seed=opts.seed, rank=info.rank,
-                            world_size=info.world_size, num_workers=opts.num_workers,
-                            pin_memory=info.device.type == "cuda")
-    src = resume_path(opts)
-    if src is not None:
-        _resume(task, loader, src)
-    else:
-        seed_everything(derive_seed(opts.seed, info.rank, 1))  # per-rank training noise
-    last = out / LAST
-    log = JsonlLog(out / "log.jsonl", fresh=src is None) if info.is_main else None
-    if log is not None and src is not None:
-        log.truncate(state.step)
-    if state.step >= opts.steps and info.is_main:
-        print(f"{task.stage}: already at step {state.step} >= steps={opts.steps}; writing the "
-              "final checkpoint")
-    saved_step = state.step if src is not None else -1
-    sums: dict[str, torch.Tensor] = {}
-    n_win, t_win, t_start, t_plot = 0, 0.0, time.perf_counter(), -float("inf")
-    in_update = False
-    world_batch = opts.batch_size * info.world_size
-    bar = tqdm(total=opts.steps, initial=state.step, desc=task.stage, dynamic_ncols=True,
-               disable=not (info.is_main and opts.progress), file=sys.stderr)
+    loop = _Loop(task, dataset, opts)
     try:
         with _StopRequests() as stop:
-            while state.step < opts.steps:
-                t0 = time.perf_counter()
-                batch = next(loader).to(info.device, non_blocking=True)
-                in_update = True
-                losses = task.train_step(batch, state.step + 1)
-                state.step += 1
-                in_update = False
-                for k, v in losses.items():
-                    v = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-                    sums[k] = sums[k] + v if k in sums else v
-                n_win += 1
-                t_win += time.perf_counter() - t0
-                step = state.step
-                bar.update(1)
-                if step % opts.log_every == 0 or step == opts.steps:
-                    means = _log_means(sums, n_win, task)
-                    if log is not None:
-                        rec = {"step": step, "epoch": loader.epoch, "lr": task.lr(),
-                               "samples_per_s": round(n_win * world_batch / max(t_win, 1e-9), 3),
-                               "wall_s": round(time.perf_counter() - t_start, 3), **means}
-                        log.write(rec)
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
-                    sums, n_win, t_win = {}, 0, 0.0
-                if info.is_main and (step % opts.sample_every == 0 or step == opts.steps):
-                    with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda"
-                                               else []):
-                        task.write_samples(out / "samples" / f"step_{step:07d}.png", step)
-                stopping = any_rank(stop.reason is not None, info)
-                if step % opts.ckpt_every == 0 or stopping or step == opts.steps:
-                    _save(task, loader, opts, last)
-                    saved_step = step
-                    if log is not None and time.perf_counter() - t_plot > _PLOT_INTERVAL_S:
-                        plot_losses(log.records, out / "loss.png", title=f"{task.stage} ({out.name})")
-                        t_plot = time.perf_counter()
+            while task.state.step < opts.steps:
+                loop.step()
+                step = task.state.step
+                loop.log(step)
+                loop.samples(step)
+                stopping = any_rank(stop.reason is not None, task.info)
+                loop.checkpoint(step, stopping)
                 if stopping:
-                    raise TrainingInterrupted(step, last, stop.reason or "signal")
+                    raise TrainingInterrupted(step, loop.last, stop.reason or "signal")
     except TrainingInterrupted as err:
-        bar.close()
-        if info.is_main:
-            print(f"\n{err}; continue with the same command (or --resume {last})", file=sys.stderr)
+        loop.bar.close()
+        if task.info.is_main:
+            print(f"\n{err}; continue with the same command (or --resume {loop.last})",
+                  file=sys.stderr)
         raise
     except KeyboardInterrupt:
-        bar.close()
+        raise loop.interrupted() from None
+    return loop.finish()
+
+
+class _Loop:
+    """The state of one :func:`run_training`: loader, log, progress bar and the current log
+    window, and what was saved last; one method per part of a step."""
+
+    def __init__(self, task: TrainTask, dataset, opts: LoopOptions) -> None:
+        info, out = task.info, opts.out_dir
+        self.task, self.opts, self.out = task, opts, out
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(out)
+        barrier(info)
+        self.loader = InfiniteLoader(dataset, opts.batch_size, seed=opts.seed, rank=info.rank,
+                                     world_size=info.world_size, num_workers=opts.num_workers,
+                                     pin_memory=info.device.type == "cuda")
+        src = resume_path(opts)
+        if src is not None:
+            _resume(task, self.loader, src)
+        else:
+            seed_everything(derive_seed(opts.seed, info.rank, 1))  # per-rank training noise
+        self.last = out / LAST
+        self.log_file = JsonlLog(out / "log.jsonl", fresh=src is None) if info.is_main else None
+        step = task.state.step
+        if self.log_file is not None and src is not None:
+            self.log_file.truncate(step)
+        if step >= opts.steps and info.is_main:
+            print(f"{task.stage}: already at step {step} >= steps={opts.steps}; writing the "
+                  "final checkpoint")
+        self.saved_step = step if src is not None else -1
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n_win, self.t_win, self.t_start, self.t_plot = 0, 0.0, time.perf_counter(), -float("inf")
+        self.in_update = False
+        self.bar = tqdm(total=opts.steps, initial=step, desc=task.stage, dynamic_ncols=True,
+                        disable=not (info.is_main and opts.progress), file=sys.stderr)
+
+    def step(self) -> None:
+        """One optimisation step; its losses join the log window."""
+        task, state = self.task, self.task.state
+        t0 = time.perf_counter()
+        batch = next(self.loader).to(task.info.device, non_blocking=True)
+        self.in_update = True
+        losses = task.train_step(batch, state.step + 1)
+        state.step += 1
+        self.in_update = False
+        for k, v in losses.items():
+            v = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.n_win += 1
+        self.t_win += time.perf_counter() - t0
+        self.bar.update(1)
+
+    def log(self, step: int) -> None:
+        """Every ``log_every`` steps (and at the end): the window's mean losses to the log."""
+        if not (step % self.opts.log_every == 0 or step == self.opts.steps):
+            return
+        means = _log_means(self.sums, self.n_win, self.task)
+        if self.log_file is not None:
+            world_batch = self.opts.batch_size * self.task.info.world_size
+            rec = {"step": step, "epoch": self.loader.epoch, "lr": self.task.lr(),
+                   "samples_per_s": round(self.n_win * world_batch / max(self.t_win, 1e-9), 3),
+                   "wall_s": round(time.perf_counter() - self.t_start, 3), **means}
+            self.log_file.write(rec)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
+        self.sums, self.n_win, self.t_win = {}, 0, 0.0
+
+    def samples(self, step: int) -> None:
+        """Every ``sample_every`` steps (and at the end), rank 0: a sample grid, drawn with the
+        RNG forked so that samples never change the training."""
+        info = self.task.info
+        if info.is_main and (step % self.opts.sample_every == 0 or step == self.opts.steps):
+            with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda"
+                                       else []):
+                self.task.write_samples(self.out / "samples" / f"step_{step:07d}.png", step)
+
+    def checkpoint(self, step: int, stopping: bool) -> None:
+        """Every ``ckpt_every`` steps, when stopping and at the end: ``last.pt`` (and loss.png at
+        most every two minutes)."""
+        if not (step % self.opts.ckpt_every == 0 or stopping or step == self.opts.steps):
+            return
+        _save(self.task, self.loader, self.opts, self.last)
+        self.saved_step = step
+        if self.log_file is not None and time.perf_counter() - self.t_plot > _PLOT_INTERVAL_S:
+            plot_losses(self.log_file.records, self.out / "loss.png",
+                        title=f"{self.task.stage} ({self.out.name})")
+            self.t_plot = time.perf_counter()
+
+    def interrupted(self) -> TrainingInterrupted:
+        """After a KeyboardInterrupt: save the last finished step unless an update was under
+        way (or it is saved already); the error to raise."""
+        self.bar.close()
+        task, state, info, last = self.task, self.task.state, self.task.info, self.last
         path: Path | None = last if last.is_file() else None
-        if in_update:
+        if self.in_update:
             msg = f"aborted during step {state.step + 1}: not saved"
-        elif state.step != saved_step and (info.is_main or not info.distributed):
-            path = _save(task, loader, opts, last, gather=not info.distributed)
+        elif state.step != self.saved_step and (info.is_main or not info.distributed):
+            path = _save(task, self.loader, self.opts, last, gather=not info.distributed)
             msg = f"interrupted at step {state.step}: saved {last}"
         else:
             msg = f"interrupted at step {state.step}"
         if info.is_main:
             print(f"\n{msg}; continue with the same command (or --resume {last})", file=sys.stderr)
-        raise TrainingInterrupted(state.step if not in_update else max(saved_step, 0), path,
-                                  "KeyboardInterrupt") from None
-    bar.close()
-    if log is not None and log.records:
-        plot_losses(log.records, out / "loss.png", title=f"{task.stage} ({out.name})")
-    final = out / task.final_name
-    if info.is_main:
-        ema_states = {k: e.state_dict() for k, e in state.emas.items()}
-        save_checkpoint(final, **task.export(ema_states))
-        _SAVES_BY_THIS_PROCESS[0] += 1
-        print(f"{task.stage}: wrote {final} (step {state.step})", file=sys.stderr)
-    barrier(info)
-    if os.environ.get(RANK_DUMP_ENV):
-        _rank_dump(task, loader, Path(os.environ[RANK_DUMP_ENV]))
-    if opts.on_end is not None:
-        opts.on_end(task)
-    return final
+        return TrainingInterrupted(state.step if not self.in_update else max(self.saved_step, 0),
+                                   path, "KeyboardInterrupt")
+
+    def finish(self) -> Path:
+        """The loss plot and the stage's final checkpoint (EMA weights, no training state)."""
+        task, info, out = self.task, self.task.info, self.out
+        self.bar.close()
+        if self.log_file is not None and self.log_file.records:
+            plot_losses(self.log_file.records, out / "loss.png", title=f"{task.stage} ({out.name})")
+        final = out / task.final_name
+        if info.is_main:
+            ema_states = {k: e.state_dict() for k, e in task.state.emas.items()}
+            save_checkpoint(final, **task.export(ema_states))
+            _SAVES_BY_THIS_PROCESS[0] += 1
+            print(f"{task.stage}: wrote {final} (step {task.state.step})", file=sys.stderr)
+        barrier(info)
+        if os.environ.get(RANK_DUMP_ENV):
+            _rank_dump(task, self.loader, Path(os.environ[RANK_DUMP_ENV]))
+        if self.opts.on_end is not None:
+            self.opts.on_end(task)
+        return final
 
 
 def state_digest(task: TrainTask) -> dict[str, str]:

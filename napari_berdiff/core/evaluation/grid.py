@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .evaluate import _as_float, _n_ticks, _pixel_labelled
+from .splits import as_float, n_ticks, pixel_labelled
 from .metrics import image_auroc, paper_slice_metrics, summarize
 from ..inference.settings import DEFAULTS, POST
 
@@ -29,13 +29,13 @@ def grid_sweep(detector, split, Ls: Sequence[int], Ps: Sequence[float], *, steps
     Ls, Ps = [int(v) for v in Ls], [float(v) for v in Ps]
     N = len(split)
     healthy = np.asarray(split.healthy, bool)
-    scored = ~healthy & _pixel_labelled(split)
+    scored = ~healthy & pixel_labelled(split)
     per = max(1, batch_size // len(Ps))
     chunk = int(chunk_size or 4 * per)
     total = 0
     for L in Ls:
         S = len(step_grid(L, None if steps is None else min(steps, L))) - 1
-        total += sum(_n_ticks(min(chunk, N - a), len(Ps), batch_size, S) for a in range(0, N, chunk))
+        total += sum(n_ticks(min(chunk, N - a), len(Ps), batch_size, S) for a in range(0, N, chunk))
     done = [0]
 
     def tick(_):
@@ -50,7 +50,7 @@ def grid_sweep(detector, split, Ls: Sequence[int], Ps: Sequence[float], *, steps
         S = None if steps is None else min(int(steps), L)
         for a in range(0, N, chunk):
             b = min(a + chunk, N)
-            x = _as_float(split.images[a:b])
+            x = as_float(split.images[a:b])
             res = detector.detect(x, L=L, P=Ps, steps=S, seed=seed, indices=list(range(a, b)),
                                   batch_size=batch_size, normalize="none", progress=tick,
                                   skip_empty=False)

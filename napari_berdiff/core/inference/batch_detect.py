@@ -1,7 +1,7 @@
 """Detection on one input of :mod:`..io.batch_io` and writing its outputs (used by ``berdiff detect``).
 
 Volumes (BraTS case folders, NIfTI) are put in RAS voxel order (:mod:`..io.orientation`, as the
-models were trained) and run axial slice by axial slice with :meth:`Detector.detect_volume`
+models were trained) and run axial slice by axial slice with :func:`.volume.iter_detect_volume`
 (intensities normalised as the checkpoint records; the voxel size sets the field of view of
 BraTS-style models); the outputs go back to the file's own voxel order and affine. 2D images run
 as one slice. The anomaly map written is the paper's: per-channel
