@@ -5,10 +5,10 @@ them (a field with a ``help`` in its metadata is a flag; see ``napari_berdiff.cl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from napari_berdiff.core.inference.settings import DEFAULTS
+from napari_berdiff.core.inference.settings import DEFAULTS, Record
 from napari_berdiff.core.models.configs import PRESETS
 
 __all__ = ["TrainingRun", "AutoencoderTraining", "DiffusionTraining", "Corruption", "KINDS",
@@ -28,7 +28,7 @@ SHAPES = ("blob", "box")
 
 
 @dataclass(frozen=True)
-class Corruption:
+class Corruption(Record):
     """Settings of the structured corruption (see :mod:`.corruption`); ``kind="iid"``: none."""
 
     kind: str = _named_flag("iid", "--corruption",
@@ -72,14 +72,6 @@ class Corruption:
     @property
     def active(self) -> bool:
         return self.kind != "iid" and self.prob > 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "Corruption":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (d or {}).items() if k in names})
 
     def describe(self) -> str:
         if not self.active:
@@ -160,8 +152,8 @@ class AutoencoderTraining(TrainingRun):
     lpips_weight: float = _flag(1.0, "factor on the perceptual loss ({default})")
     entropy_weight: float = _flag(
         0.0, "factor on the mean binary entropy of the code: pushes the bit probabilities to 0/1 "
-             "so that the diffusion model can learn the code (0: docs/method.md §7 exactly; the bundled "
-             "models use 0.02)")
+             "so that the diffusion model can learn the code (0: docs/method.md §7 exactly; the "
+             "bundled models use 0.02)")
     content_mix: float = _flag(
         0.0, "probability that a training image gets a pasted region of another healthy image "
              "with new contrast, which the autoencoder must reproduce: teaches it to reconstruct "

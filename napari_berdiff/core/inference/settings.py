@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from ..diffusion.thresholds import unique_ps
 
-__all__ = ["PostProcess", "DetectSettings", "DEFAULTS", "POST", "P_SWEEP", "GRID_L", "GRID_P",
-           "format_sweep", "THRESHOLD_MODES", "DEFAULT_THRESHOLD_MODE", "DEFAULT_FPR"]
+__all__ = ["Record", "PostProcess", "DetectSettings", "DEFAULTS", "POST", "P_SWEEP", "GRID_L",
+           "GRID_P", "format_sweep", "THRESHOLD_MODES", "DEFAULT_THRESHOLD_MODE", "DEFAULT_FPR"]
 
 P_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # sampled in one batch by the widget
 GRID_L = (50, 100, 200, 300)  # berdiff grid (the paper's Fig. 3)
@@ -30,8 +30,20 @@ def _help(text: str) -> dict:
     return {"help": text}
 
 
+class Record:
+    """Dataclass settings as plain dicts and back (keys a newer version added are ignored)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+
+
 @dataclass(frozen=True)
-class PostProcess:
+class PostProcess(Record):
     """From reconstructions to anomaly maps and segmentations (the paper protocol): per-channel
     squared error, ``median_size`` median filter, summed over channels; per slice clipped to the
     [``low``, ``high``] percentiles and scaled to [0, 1]; ``> threshold``; components smaller than
@@ -69,14 +81,6 @@ class PostProcess:
         if self.abs_threshold is not None:
             return "map > abs_threshold"
         return f"normalize_map ({self.low:g}-{self.high:g} percentile) > threshold"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "PostProcess":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (d or {}).items() if k in names})
 
 
 @dataclass(frozen=True)
