@@ -73,8 +73,8 @@ def test_inputs_that_cannot_run_end_in_one_line_and_leave_no_folder(ck1, tmp_pat
     empty.mkdir()
     out = tmp_path / "out" / "deeper"
     rc, so, err = detect(capsys, empty, "--model", ck1, "--out", out)
-    assert rc == 2 and so == "" and err == (f"berdiff detect: error: no NIfTI, image or BraTS case "
-                                            f"under folder {empty}\n")
+    assert rc == 2 and so == "" and err == (f"berdiff detect: error: no NIfTI, image, DICOM, OCT "
+                                            f"volume or BraTS case under folder {empty}\n")
     missing = tmp_path / "nowhere.nii.gz"
     rc, so, err = detect(capsys, missing, empty, "--model", ck1, "--out", out)
     assert rc == 2 and err == (f"berdiff detect: error: input not found: {missing} (and 1 more "
