@@ -46,20 +46,20 @@ def parse(argv=None):
 
 
 def run_k(det, test, K: int, a) -> dict:
-    from napari_berdiff.core.evaluation.evaluate import _as_float, _pixel_labelled
+    from napari_berdiff.core.evaluation.splits import as_float, pixel_labelled
     from napari_berdiff.core.evaluation.metrics import auprc, paper_slice_metrics
     from napari_berdiff.core.inference.postprocess import paper_anomaly_map
     from napari_berdiff.core.inference.uncertainty import Sampled
 
     sd = Sampled(det, K)
-    lab = _pixel_labelled(test)
+    lab = pixel_labelled(test)
     diseased = ~np.asarray(test.healthy, bool) & lab
     maps, spreads, ys, paper = [], [], [], []
     t = 0.0
     chunk = max(1, a.batch_size // K)
     for s in range(0, len(test), chunk):
         e = min(s + chunk, len(test))
-        x = _as_float(test.images[s:e])
+        x = as_float(test.images[s:e])
         t0 = time.perf_counter()
         res = sd.detect(x, L=a.L, P=[a.P], steps=a.steps, seed=a.seed, indices=list(range(s, e)),
                         batch_size=a.batch_size, normalize="none", skip_empty=False)

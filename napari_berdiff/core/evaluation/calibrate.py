@@ -38,7 +38,7 @@ from ..inference.postprocess import paper_anomaly_map
 from ..inference.triage import peak
 from ..io.batch_io import InputItem
 from ..io.readers import is_nifti, load_brats_case, load_image_2d
-from .evaluate import _as_float, _pixel_labelled
+from .splits import as_float, pixel_labelled
 from .metrics import DiceSweep, default_thresholds
 
 __all__ = ["calibrate"]
@@ -80,11 +80,11 @@ class _Pool:
 
 
 def _prepared_chunks(detector, split, run: dict, chunk: int, tick) -> Iterator[tuple]:
-    lab_ok = _pixel_labelled(split)
+    lab_ok = pixel_labelled(split)
     healthy = np.asarray(split.healthy, bool)
     for a in range(0, len(split), chunk):
         b = min(a + chunk, len(split))
-        x = _as_float(split.images[a:b])
+        x = as_float(split.images[a:b])
         res = detector.detect(x, P=[run["P"]], L=run["L"], steps=run["steps"], seed=run["seed"],
                               indices=list(range(a, b)), batch_size=run["batch_size"],
                               normalize="none", progress=tick)

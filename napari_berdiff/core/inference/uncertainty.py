@@ -27,7 +27,9 @@ from typing import Callable, Generator
 
 import numpy as np
 
-from .detector import DetectionResult, DetectProgress, Detector, normalize_stack, resolve_normalize
+from .detector import Detector
+from .result import DetectionResult, Progress
+from .volume import normalize_stack, resolve_normalize
 from ..diffusion.sampler import drive
 
 __all__ = ["SampledResult", "Sampled", "iter_detect_samples", "SAMPLE_STRIDE"]
@@ -45,7 +47,7 @@ class SampledResult(DetectionResult):
 
 def iter_detect_samples(detector, images, samples: int, *, P=0.5, seed: int = 0, indices=None,
                         normalize: str = "auto", batch_size="auto", keep_mask_history=False,
-                        **kwargs) -> Generator[DetectProgress, None, SampledResult]:
+                        **kwargs) -> Generator[Progress, None, SampledResult]:
     """Like :meth:`~.detector.Detector.iter_detect` with ``samples`` reconstructions per slice
     (other keywords are passed on); yields progress over all chunks, returns a SampledResult."""
     K = int(samples)
@@ -135,7 +137,7 @@ class Sampled:
         return iter_detect_samples(self.detector, images, self.samples, **kwargs)
 
     def detect(self, images, **kwargs) -> SampledResult:
-        progress: Callable[[DetectProgress], None] | None = kwargs.pop("progress", None)
+        progress: Callable[[Progress], None] | None = kwargs.pop("progress", None)
         return drive(self.iter_detect(images, **kwargs), progress)
 
     def detect_volume(self, volume, **kwargs) -> SampledResult:

@@ -112,9 +112,11 @@ def iter_detect_volume(detector, volume, slices: Sequence[int] | None = None,
     def back(a):
         return None if a is None else np.ascontiguousarray(sm.to_layer(a))
 
+    spread = getattr(res, "spread", None)  # K-sample results (.uncertainty)
+    extra = {} if spread is None else {"spread": back(spread)}
     return replace(res, reconstruction=back(res.reconstruction), anomaly_map=back(res.anomaly_map),
                    mask_history=back(res.mask_history), input=x, slices=idx,
-                   provenance={**res.provenance, "normalize": how})
+                   provenance={**res.provenance, "normalize": how}, **extra)
 
 
 def full_volume(values: np.ndarray, slices: Sequence[int], n_slices: int, dtype=None) -> np.ndarray:
