@@ -47,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("berdiff: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`berdiff inspect M | head`): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except (CLIError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"berdiff {args.command}: error: {err}", file=sys.stderr)
         return 2
