@@ -40,7 +40,8 @@ def brats_rows(out: Path, case: Path) -> dict:
 
 
 def oct_rows(out: Path, root: Path) -> list[dict]:
-    from napari_berdiff.core.io.readers import is_image, is_mask_folder, load_image_2d
+    from napari_berdiff.core.io.files import is_image, is_mask_folder
+    from napari_berdiff.core.io.images import load_image_2d
 
     rows = []
     for cls in sorted(p for p in root.iterdir() if p.is_dir() and not is_mask_folder(p)):

@@ -17,7 +17,8 @@ from napari_berdiff.cli import main
 from napari_berdiff.core.io.dicom import (channel_of_series, load_dicom_input, load_series,
                                           scan_dicom)
 from napari_berdiff.core.io.orientation import orientation_of, to_canonical
-from napari_berdiff.core.io.readers import DataError, load_nifti
+from napari_berdiff.core.io.files import DataError
+from napari_berdiff.core.io.readers import load_nifti
 
 FAST = ["--L", "6", "--steps", "3", "--device", "cpu", "--no-progress", "--threads", "1"]
 SHAPE = (20, 24, 6)

@@ -17,7 +17,7 @@ import tifffile
 from _oct_helpers import LOC_SCALE, SPACING, X0, Y0, bscans, eye_volume, write_heyex_xml
 from napari_berdiff.cli import main
 from napari_berdiff.core.io.oct_volume import load_oct_volume, oct_affine
-from napari_berdiff.core.io.readers import DataError
+from napari_berdiff.core.io.files import DataError
 
 FAST = ["--L", "6", "--steps", "3", "--device", "cpu", "--no-progress", "--threads", "1"]
 N = 4

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_berdiff.core.io.readers import BRATS_MODALITIES, DataError
+from napari_berdiff.core.io.files import DataError
+from napari_berdiff.core.io.readers import BRATS_MODALITIES
 from src_training.train.datasets import PreparedDataset, load_eval_split
 from src_training.prepare.cli import main
 from src_training.prepare.prepare import prepare_brats, prepare_folder, prepare_oct

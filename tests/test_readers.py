@@ -11,9 +11,12 @@ import pytest
 from PIL import Image
 from skimage import io as skio
 
-from napari_berdiff.core.io.readers import (
-    BRATS_MODALITIES, DataError, Transform2D, find_brats_case, load_brats_case, load_image_2d,
-    load_nifti, normalize_volume, pad_or_crop_2d, plan_fit_square, resize_2d)
+from napari_berdiff.core.io.files import DataError
+from napari_berdiff.core.io.geometry import Transform2D, pad_or_crop_2d, plan_fit_square, resize_2d
+from napari_berdiff.core.io.images import load_image_2d
+from napari_berdiff.core.io.intensity import normalize_volume
+from napari_berdiff.core.io.readers import (BRATS_MODALITIES, find_brats_case, load_brats_case,
+                                              load_nifti)
 
 
 def write_nifti(path, data, affine=None):
@@ -251,7 +254,7 @@ def test_resize_2d_and_keep_aspect():
 
 
 def test_normalize_volume_refuses_non_finite_values():
-    from napari_berdiff.core.io.readers import normalize_volume
+    from napari_berdiff.core.io.intensity import normalize_volume
 
     vol = np.ones((2, 4, 4, 3), np.float32)
     vol[1, 0, 0, 0] = np.nan

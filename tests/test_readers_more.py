@@ -15,9 +15,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_berdiff.core.io.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, DataError,
-                                              brats_modality_of, find_brats_case,
-                                              image_bit_depth, load_brats_case, load_image_2d)
+from napari_berdiff.core.io.files import DataError
+from napari_berdiff.core.io.images import image_bit_depth, load_image_2d
+from napari_berdiff.core.io.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES,
+                                              brats_modality_of, find_brats_case, load_brats_case)
 
 # BraTS2023 token of each channel (FLAIR, T1, T1ce, T2) and of the labels
 TOKENS_2023 = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}

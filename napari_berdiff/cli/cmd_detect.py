@@ -78,7 +78,7 @@ def _one_line(text: str) -> str:
 def _reason(item, err: Exception) -> str:
     """One line for a failed input, to follow its path: a DataError's reason without the repeated
     ``[file: ...]`` (kept when it names another file), the input's path cut to its name."""
-    from ..core.io.readers import DataError
+    from ..core.io.files import DataError
 
     if isinstance(err, DataError):
         text = _one_line(err.reason)

@@ -12,8 +12,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from napari_berdiff.core.io.readers import (DataError, load_image_2d, normalize_volume,
-                                              plan_fit_square, plan_resize)
+from napari_berdiff.core.io.files import DataError
+from napari_berdiff.core.io.geometry import plan_fit_square, plan_resize
+from napari_berdiff.core.io.images import load_image_2d
+from napari_berdiff.core.io.intensity import normalize_volume
 from src_training.prepare.prepared_format import (FORMAT_NAME, FORMAT_VERSION, STORAGE, SplitWriter,
                                           quantise, write_json)
 

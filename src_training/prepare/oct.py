@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_berdiff.core.io.readers import DataError, is_image, is_mask_folder
+from napari_berdiff.core.io.files import DataError, is_image, is_mask_folder
 from src_training.prepare.common import (IMAGE_SCALING_DOC, check_params, finish, image_job,
                                          parallel_map, progress, skip_or_raise, split_by_group,
                                          split_writers)

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from napari_berdiff.core.io.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, DataError,
-                                              find_brats_case, is_image, is_nifti,
+from napari_berdiff.core.io.files import DataError, is_image, is_nifti
+from napari_berdiff.core.io.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, find_brats_case,
                                               load_brats_case, load_nifti)
 from napari_berdiff.core.io.orientation import orientation_of, to_canonical
 from src_training.prepare.common import (IMAGE_SCALING_DOC, NORMALISATION_DOC, assign_split,

@@ -37,7 +37,9 @@ from ..inference.settings import DEFAULT_FPR, DEFAULTS, POST, DetectSettings, Po
 from ..inference.postprocess import paper_anomaly_map
 from ..inference.triage import peak
 from ..io.batch_io import InputItem
-from ..io.readers import is_nifti, load_brats_case, load_image_2d
+from ..io.files import is_nifti
+from ..io.images import load_image_2d
+from ..io.readers import load_brats_case
 from .splits import as_float, pixel_labelled
 from .metrics import DiceSweep, default_thresholds
 

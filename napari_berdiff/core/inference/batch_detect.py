@@ -24,7 +24,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..io.batch_io import OUTPUT_TAG, AtomicFiles, InputItem, output_paths, parse_slices
-from ..io.readers import DataError, find_brats_case, load_brats_case, load_image_2d, load_nifti
+from ..io.files import DataError
+from ..io.images import load_image_2d
+from ..io.readers import find_brats_case, load_brats_case, load_nifti
 from ..io.input_kinds import CLINICAL_KINDS, load_clinical, model_order
 from ..io.orientation import canonical_zooms, from_canonical, to_canonical
 from .calibration import Calibration, foreground, rule_for

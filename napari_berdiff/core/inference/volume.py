@@ -147,11 +147,11 @@ def resolve_normalize(mode: str, x: np.ndarray) -> str:
 def normalize_stack(x: np.ndarray, mode: str = "auto", channel_axis: int = 1) -> np.ndarray:
     """Per-channel intensity normalisation of a stack or volume: ``"percentile"`` is the training
     preparation's robust per-volume normalisation
-    (:func:`napari_berdiff.core.io.readers.normalize_volume`), ``"auto"`` applies it only when
+    (:func:`napari_berdiff.core.io.intensity.normalize_volume`), ``"auto"`` applies it only when
     the data are not already within [0, 1], ``"none"`` leaves the data as they are."""
     if resolve_normalize(mode, x) == "none":
         return x
-    from ..io.readers import normalize_volume
+    from ..io.intensity import normalize_volume
 
     return normalize_volume(x, channel_axis=channel_axis)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .readers import NIFTI_EXTENSIONS, is_image, is_mask_folder, is_nifti
+from .files import NIFTI_EXTENSIONS, is_image, is_mask_folder, is_nifti
 from .input_kinds import file_input_kind, folder_input_kind, unsupported_reason
 from .atomic import atomic_write_text, publish_mode  # noqa: F401 (atomic_write_text: re-exported)
 

@@ -33,7 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .readers import DataError, grid_difference
+from .files import DataError
+from .readers import grid_difference
 
 __all__ = ["DicomSeries", "is_dicom_file", "dicom_folder_kind", "scan_dicom", "load_series",
            "channel_of_series", "match_channels", "load_dicom_input", "require_pydicom"]

@@ -17,7 +17,7 @@ import numpy as np
 
 from .dicom import dicom_folder_kind, is_dicom_file
 from .oct_volume import OCT_MODEL_ORNT, UNSUPPORTED_OCT, oct_volume_kind
-from .readers import DataError, is_image, is_nifti
+from .files import DataError, is_image, is_nifti
 
 __all__ = ["CLINICAL_KINDS", "folder_input_kind", "file_input_kind", "unsupported_reason",
            "load_clinical", "model_order"]

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .readers import DataError, _to_unit_range
+from .files import DataError
+from .images import to_unit_range
 
 __all__ = ["OctVolume", "OCT_VOLUME_EXTENSIONS", "UNSUPPORTED_OCT", "OCT_MODEL_ORNT",
            "oct_volume_kind", "heyex_xml_in", "load_oct_volume", "oct_affine", "oct_nifti_order"]
@@ -216,7 +217,7 @@ def load_oct_volume(path: str | Path) -> OctVolume:
 
 
 def _from_eyevolume(ev, raw: np.ndarray, p: Path, kind: str) -> OctVolume:
-    data = _to_unit_range(np.nan_to_num(raw.astype(np.float64) if raw.dtype.kind == "f" else raw),
+    data = to_unit_range(np.nan_to_num(raw.astype(np.float64) if raw.dtype.kind == "f" else raw),
                           p).astype(np.float32)
     unit = str(ev.scale_unit or "pixel")
     spacing = tuple(float(v) if v and np.isfinite(v) else 1.0
@@ -228,7 +229,7 @@ def _from_eyevolume(ev, raw: np.ndarray, p: Path, kind: str) -> OctVolume:
                           str(ev.meta.get("laterality", "") or "")})
     loc = getattr(ev, "localizer", None)
     if loc is not None:
-        out.localizer = np.clip(_to_unit_range(np.asarray(loc.data), p), 0, 1).astype(np.float32)
+        out.localizer = np.clip(to_unit_range(np.asarray(loc.data), p), 0, 1).astype(np.float32)
         out.localizer_spacing = (float(loc.scale_y), float(loc.scale_x))
         out.bscan_lines = _bscan_lines(ev, loc)
     for name, ann in ev.layers.items():
