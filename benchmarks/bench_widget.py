@@ -1,4 +1,5 @@
-"""Benchmark of the napari widget: P-slider swaps and GUI responsiveness during a run.
+"""Benchmark of the napari widget: P-slider swaps, threshold-slider moves and GUI responsiveness
+during a run.
 
     xvfb-run -a .venv/bin/python benchmarks/bench_widget.py            # headless
     .venv/bin/python benchmarks/bench_widget.py                        # re-runs itself under xvfb-run
@@ -125,6 +126,42 @@ def p_swaps(w, app, repeats=3):
     return np.array(slot), np.array(paint)
 
 
+def calibrated(path: Path, folder: Path) -> Path:
+    """``path`` itself when its model is calibrated, else a copy in ``folder`` with a stand-in
+    calibration (the cost of a threshold move does not depend on the calibration's values)."""
+    from napari_berdiff.core.inference.calibration import Calibration
+    from napari_berdiff.core.models.checkpoint import load_checkpoint
+    from napari_berdiff.core.models.export import write_meta
+
+    if Calibration.from_meta(load_checkpoint(path).meta) is not None:
+        return path
+    cal = Calibration.from_values(np.random.default_rng(0).gamma(2.0, 0.005, 200_000))
+    return write_meta(path, folder / (path.stem + "_calibrated.pt"),
+                      {"calibration": cal.to_meta()}, overwrite=True)
+
+
+def threshold_moves(w, app, n=12):
+    """Move the segmentation-threshold slider over the shown run's map range: (slot ms, with
+    repaint ms) per move; every move re-segments the kept maps (no sampling)."""
+    if not w.c.seg_threshold.enabled:
+        raise SystemExit("the threshold slider is off: the model has no calibration")
+    kept = w.segmenter.kept_maps(w.shown)
+    values = np.concatenate([kept.map(i).ravel() for i in range(len(kept))])
+    runs = w.n_runs
+    slot, paint = [], []
+    for t in np.percentile(values, np.linspace(50, 99.9, n)):
+        t0 = time.perf_counter()
+        w.c.seg_threshold.value = float(t)
+        t1 = time.perf_counter()
+        app.processEvents()
+        t2 = time.perf_counter()
+        slot.append((t1 - t0) * 1000)
+        paint.append((t2 - t0) * 1000)
+    if w.n_runs != runs:
+        raise SystemExit("a threshold move started a run")
+    return np.array(slot), np.array(paint)
+
+
 def stats(a):
     return {"median": round(float(np.median(a)), 2), "p95": round(float(np.percentile(a, 95)), 2),
             "max": round(float(np.max(a)), 2), "n": int(len(a))}
@@ -160,7 +197,7 @@ def main(argv=None) -> int:
     t_sample = time.perf_counter() - t
     w = BerdiffWidget(viewer)
     viewer.window.add_dock_widget(w, name="berdiff")
-    w.set_checkpoint(ck)
+    w.set_checkpoint(calibrated(Path(ck), Path(tmp.name)))
     w.c.L.value, w.c.steps.value = args.L, args.steps
     w.c.live.value = False
     flair = layers[0]
@@ -188,19 +225,25 @@ def main(argv=None) -> int:
         w.c.range_from.value, w.c.range_to.value = 24 - args.range // 2, 24 - args.range // 2 + args.range - 1
         secs, t_ready, gaps = run_with_timer(w, app)
         slot, paint = p_swaps(w, app)
+        t_slot, t_paint = threshold_moves(w, app)
         n = len(w.outcome.slices)
         results["runs"][scope] = {
             "slices": n, "P_values": len(w.outcome.thresholds), "run_seconds": round(secs, 2),
             "first_display_seconds": round(t_ready, 2),
             "display_slot_ms": round(ready_ms[-1], 1) if ready_ms else None,
-            "timer_gap_ms": stats(gaps), "p_swap_slot_ms": stats(slot), "p_swap_repaint_ms": stats(paint)}
+            "timer_gap_ms": stats(gaps), "p_swap_slot_ms": stats(slot), "p_swap_repaint_ms": stats(paint),
+            "threshold_move_slot_ms": stats(t_slot), "threshold_move_repaint_ms": stats(t_paint),
+            "threshold_move_ms_per_slice": round(float(np.median(t_paint)) / n, 2)}
         print(f"{scope}: {n} slice(s) x {len(w.outcome.thresholds)} P, outputs shown after "
               f"{t_ready:.1f} s (display slot {ready_ms[-1] if ready_ms else float('nan'):.0f} ms), "
               f"run (with all P segmentations) {secs:.1f} s; "
               f"10 ms timer gaps during the run: median {np.median(gaps):.1f} ms, "
               f"p95 {np.percentile(gaps, 95):.1f} ms, max {gaps.max():.1f} ms; "
               f"P swap: slot median {np.median(slot):.1f} ms (max {slot.max():.1f}), "
-              f"with repaint median {np.median(paint):.1f} ms (max {paint.max():.1f})", flush=True)
+              f"with repaint median {np.median(paint):.1f} ms (max {paint.max():.1f}); "
+              f"threshold move: slot median {np.median(t_slot):.1f} ms (max {t_slot.max():.1f}), "
+              f"with repaint median {np.median(t_paint):.1f} ms (max {t_paint.max():.1f}), "
+              f"{np.median(t_paint) / n:.1f} ms per slice", flush=True)
     results["load_avg_end"] = os.getloadavg()
     print(json.dumps(results, indent=1))
     if args.json:

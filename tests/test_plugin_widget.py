@@ -84,10 +84,10 @@ def test_end_to_end_through_the_manifest(make_napari_viewer, qtbot, ckpt4, tmp_p
     assert prov["device"] == "cpu" and len(prov["model_hash"]) == 12 and prov["time"]
     assert type(out["segmentation"]).__name__ == "Labels"
     mask = out["mask evolution"]
-    assert mask.data.shape == (4, flair.data.shape[0], 8, 8)
+    assert mask.data.shape == (flair.data.shape[0], 8, 8) and mask.metadata["steps"] == 4
     # the latent grid covers the image: 240 px -> 8 cells of 30 px, centred on their pixels
-    np.testing.assert_allclose(mask.scale[2:], np.asarray(flair.scale[1:]) * 30)
-    np.testing.assert_allclose(mask.data_to_world((0, z, 0, 0))[1:], flair.data_to_world((z, 14.5, 14.5)))
+    np.testing.assert_allclose(mask.scale[1:], np.asarray(flair.scale[1:]) * 30)
+    np.testing.assert_allclose(mask.data_to_world((z, 0, 0)), flair.data_to_world((z, 14.5, 14.5)))
     # the widget gives exactly what the library gives for the same slice and seed
     from napari_berdiff.plugin.layers import Orientation
 
@@ -98,7 +98,7 @@ def test_end_to_end_through_the_manifest(make_napari_viewer, qtbot, ckpt4, tmp_p
     expect = np.zeros(vol.shape[1:], np.float32)
     expect[..., z] = ref.anomaly_map[1, 0]
     np.testing.assert_allclose(amap.data, o.to_layer(expect), atol=1e-5)
-    assert "berdiff: masked fraction per slice" in viewer.window.dock_widgets
+    assert "berdiff: scores per slice" in viewer.window.dock_widgets
     # saved through the manifest's writer: the source volume's voxel order and affine
     import nibabel as nib
 
@@ -230,7 +230,7 @@ def test_oct_side_by_side_view(make_napari_viewer, qtbot, ckpt1):
     assert w.c.model_choice.value == "checkpoint file…"
     _run_and_wait(qtbot, w)
     rec = viewer.layers["scan reconstruction"]
-    assert rec.data.shape == (40, 50) and viewer.layers["scan mask evolution"].data.shape == (4, 8, 8)
+    assert rec.data.shape == (40, 50) and viewer.layers["scan mask evolution"].data.shape == (8, 8)
     w.toggle_side_by_side()
     assert viewer.canvas.grid.enabled
     diff = viewer.layers["scan difference"]
@@ -345,7 +345,7 @@ def test_one_multichannel_layer_gives_the_same_outputs_as_the_modality_layers(ma
     # the outputs overlay the source: a voxel maps to the same world point in both
     np.testing.assert_allclose(amap.data_to_world((2, 7, 9)), multi.data_to_world((1, 2, 7, 9))[1:])
     mask = out["mask evolution"]
-    assert mask.data.shape[1] == stack.shape[1]
+    assert mask.data.shape[0] == stack.shape[1]
     # the score plot and the slice choice work through the layer's spatial axes
     viewer.dims.set_point(viewer.dims.ndim - 3, multi.data_to_world((0, 4, 0, 0))[1])
     assert w.plot.cursor.get_xdata()[0] == 4
@@ -372,7 +372,7 @@ def test_channel_last_and_2d_multichannel_layers(make_napari_viewer, qtbot, ckpt
     _run_and_wait(qtbot, w)
     amap = viewer.layers["slice3 anomaly map"]
     assert amap.data.shape == vols.shape[2:]
-    assert np.any(amap.data > 0) and viewer.layers["slice3 mask evolution"].data.shape == (2, 8, 8)
+    assert np.any(amap.data > 0) and viewer.layers["slice3 mask evolution"].data.shape == (8, 8)
     assert viewer.layers["slice3 reconstruction T1ce"].data.shape == vols.shape[2:]
 
 
@@ -432,13 +432,13 @@ def test_cancel_during_post_processing_is_quick_and_leaves_no_layers(make_napari
 
     import napari_berdiff.plugin.run as run_mod
 
-    slow = run_mod.segment_slice
+    slow = run_mod._segment_one
 
-    def segment_slice(x, rec):
+    def segment_one(*args):
         time.sleep(0.3)  # a big slice
-        return slow(x, rec)
+        return slow(*args)
 
-    monkeypatch.setattr(run_mod, "segment_slice", segment_slice)
+    monkeypatch.setattr(run_mod, "_segment_one", segment_one)
     viewer = make_napari_viewer()
     add_small_case(viewer)
     w = BerdiffWidget(viewer)
@@ -457,23 +457,38 @@ def test_cancel_during_post_processing_is_quick_and_leaves_no_layers(make_napari
 def test_segment_ticking_yields_cancellation_points_and_equals_segment_stack():
     import time
 
+    from napari_berdiff.core.inference.calibration import foreground, resolve_rule
+    from napari_berdiff.core.inference.postprocess import paper_anomaly_map
     from napari_berdiff.core.inference.result import Progress as Tick
     from napari_berdiff.plugin.run import _segment_ticking, segment_stack
 
     rng = np.random.default_rng(0)
     x = rng.random((5, 2, 30, 30)).astype(np.float32)
     rec = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1).astype(np.float32)
-    gen = _segment_ticking(x, rec, 7, 9, time.perf_counter(), every_s=0.0)
+    paper = resolve_rule(None, "paper")
+    gen = _segment_ticking(x, rec, paper, foreground(x), 7, 9, time.perf_counter(), every_s=0.0)
     ticks = []
     while True:
         try:
             ticks.append(next(gen))
         except StopIteration as stop:
-            out = stop.value
+            out, maps = stop.value
             break
     assert len(ticks) == 4 and all(isinstance(t, Tick) and (t.done, t.total) == (7, 9) for t in ticks)
     assert ticks[-1].stage == "post-processing (4/5 slices)"
-    np.testing.assert_array_equal(out, segment_stack(x, rec))
+    np.testing.assert_array_equal(out, segment_stack(x, rec))  # the paper rule: as before
+    np.testing.assert_allclose(maps, paper_anomaly_map(x, rec))  # kept for re-segmenting
+    # an absolute rule: map > t within the foreground, as berdiff detect
+    fg = np.zeros((5, 30, 30), bool)
+    fg[:, :, :15] = True
+    t = float(np.median(maps))
+    absolute = resolve_rule(None, "absolute", abs_threshold=t)
+    gen = _segment_ticking(x, rec, absolute, fg, 7, 9, time.perf_counter(), every_s=10.0)
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    seg = stop.value.value[0]
+    np.testing.assert_array_equal(seg, absolute.apply(maps, 10, 2, within=fg).astype(np.uint8))
+    assert seg[:, :, :15].any() and not seg[:, :, 15:].any()
 
 
 def test_empty_slices_are_skipped_and_an_all_empty_run_still_gives_layers(make_napari_viewer, qtbot, ckpt4, count_calls):

@@ -77,6 +77,22 @@ def test_kept_maps_resegment_without_sampling_again():
         KeptMaps(x, rec[:1])
 
 
+def test_kept_maps_take_given_maps_and_stay_within_the_foreground():
+    rng = np.random.default_rng(4)
+    x = rng.random((2, 1, 30, 30)).astype(np.float32)
+    rec = np.zeros_like(x)
+    given = rng.random((2, 30, 30)).astype(np.float32)  # not the maps of x and rec: used as given
+    within = np.zeros((2, 30, 30), bool)
+    within[:, 5:25, 5:25] = True
+    kept = KeptMaps(x, rec, maps=given, within=within)
+    assert kept.map(1) is given[1] or np.array_equal(kept.map(1), given[1])
+    seg = kept.segment(1, 0.3)
+    assert np.array_equal(seg, remove_small_components((given[1] > 0.3) & within[1], 10))
+    assert seg.any() and not seg[~within[1]].any()
+    with pytest.raises(ValueError, match="within must be \\(N, H, W\\)"):
+        KeptMaps(x, rec, within=within[:1])
+
+
 def test_detect_writes_scores_and_a_ranked_summary(tmp_path, capsys):
     plain = make_checkpoint(tmp_path / "plain.pt", 1, "resize")
     pngs = [write_png(tmp_path / f"im{i}.png", seed=i) for i in range(3)]

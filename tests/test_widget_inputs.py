@@ -16,7 +16,7 @@ from napari_berdiff.core.inference.detector import Detector
 
 pytestmark = pytest.mark.gui
 TIMEOUT = 120_000
-PLOT_DOCK = "berdiff: masked fraction per slice"
+PLOT_DOCK = "berdiff: scores per slice"
 
 
 @pytest.fixture

@@ -6,10 +6,11 @@ thread (plain numpy arrays), :func:`run_job` runs in a napari thread worker and 
 - :class:`~napari_berdiff.core.inference.result.Progress` after every network evaluation (progress,
   and a cancellation point),
 - :class:`Ready` once sampling is done: the ``DetectionResult`` (plain arrays in the layer's
-  orientation) with the segmentation of the P shown on the slider; from then on the result belongs
-  to the main thread, which displays it,
+  orientation) with the segmentation of the P shown on the slider, by the job's threshold rule
+  (:mod:`.segmenter`), and the filtered maps it thresholded; from then on the result belongs to
+  the main thread, which displays it,
 - :class:`SegDone` for each other swept P as its segmentation is computed (the post-processing
-  costs about as much as the sampling, so it runs after the first display).
+  costs about as much as the sampling, so it runs after the first display), with its maps.
 
 Post-processing yields a ``Progress`` at least every 0.1 s too (a volume's worth of median
 filters and connected components takes seconds), so cancel stays within a fraction of a second.
@@ -47,6 +48,11 @@ def _record(pp) -> dict:
 POSTPROCESS = _record(POST)
 
 
+def segmentation_record(rule) -> dict:
+    """The segmentation layer's ``postprocess`` entry for a run segmented by ``rule``."""
+    return {**POSTPROCESS, **rule.to_dict()} if rule is not None else POSTPROCESS
+
+
 @dataclass
 class Job:
     """Everything a run needs, as plain data (built on the main thread)."""
@@ -62,6 +68,7 @@ class Job:
     batch_size: int | None = None
     threads: int | None = None  # torch threads on the CPU (default cpu_count - 1)
     spacing: tuple[float, float] | None = None  # (rows, cols) pixel size in mm as the model sees them
+    rule: Any = None  # the segmentation's ThresholdRule (None: the paper rule)
 
 
 @dataclass
@@ -85,20 +92,29 @@ class RunContext:
 class Ready:
     """Sampling is done. ``result``: plain arrays in the layer's orientation (``slices``: layer
     indices) with the segmentation of the P on the slider; the main thread owns it from here on.
-    ``detector`` and ``normalized`` are for the widget to reuse in its next run."""
+    ``detector`` and ``normalized`` are for the widget to reuse in its next run; ``maps`` the
+    filtered maps of the P on the slider, ``foreground`` the input's (both for re-segmenting),
+    ``rule`` the segmentation's ThresholdRule."""
 
     result: DetectionResult
     latent_axes: list[tuple[float, float]]
     map_limits: tuple[float, float]
     detector: Any
     normalized: np.ndarray
+    rule: Any = None
+    maps: np.ndarray | None = None
+    foreground: np.ndarray | None = None
 
 
 @dataclass
 class SegDone:
+    """Swept P index ``k`` segmented by ``rule`` (its filtered ``maps`` kept for re-segmenting)."""
+
     k: int
     segmentation: np.ndarray
     tick: Progress
+    maps: np.ndarray | None = None
+    rule: Any = None
 
 
 def segment_slice(x: np.ndarray, rec: np.ndarray, post=POST) -> np.ndarray:
@@ -117,19 +133,29 @@ def segment_stack(x: np.ndarray, rec: np.ndarray) -> np.ndarray:
     return out
 
 
-def _segment_ticking(x, rec, done: int, total: int, t0: float,
-                     every_s: float = 0.1) -> Generator[Progress, None, np.ndarray]:
-    """:func:`segment_stack` yielding a post-processing :class:`Progress` at most every ``every_s``
+def _segment_one(x: np.ndarray, rec: np.ndarray, rule, fg: np.ndarray) -> tuple:
+    """One (C, H, W) slice: its segmentation by ``rule`` (within ``fg``) and its filtered map."""
+    from ..core.inference.postprocess import paper_anomaly_map
+
+    amap = paper_anomaly_map(x, rec, POST.median_size)
+    return rule.apply(amap, POST.min_size, POST.connectivity, within=fg), amap
+
+
+def _segment_ticking(x, rec, rule, fg, done: int, total: int, t0: float,
+                     every_s: float = 0.1) -> Generator[Progress, None, tuple]:
+    """The (N, H, W) segmentation by ``rule`` (within the foreground ``fg``) and the filtered
+    maps it thresholded, yielding a post-processing :class:`Progress` at most every ``every_s``
     seconds: a whole volume takes seconds, and each yield is a cancellation point."""
     out = np.zeros((x.shape[0],) + x.shape[2:], np.uint8)
+    maps = np.zeros(out.shape, np.float32)
     last = time.perf_counter()
     for i in range(x.shape[0]):
-        out[i] = segment_slice(x[i], rec[i])
+        out[i], maps[i] = _segment_one(x[i], rec[i], rule, fg[i])
         now = time.perf_counter()
         if now - last >= every_s and i + 1 < x.shape[0]:
             last = now
             yield Progress(done, total, f"post-processing ({i + 1}/{x.shape[0]} slices)", now - t0)
-    return out
+    return out, maps
 
 
 def run_job(job: Job) -> Generator[Progress | Ready | SegDone, None, float]:
@@ -146,6 +172,7 @@ def run_job(job: Job) -> Generator[Progress | Ready | SegDone, None, float]:
 
 def _run(job: Job, torch) -> Generator:
     from ..core.diffusion.sampler import relay
+    from ..core.inference.calibration import foreground, resolve_rule
     from ..core.inference.volume import iter_detect_volume
 
     t0 = time.perf_counter()
@@ -169,21 +196,25 @@ def _run(job: Job, torch) -> Generator:
     total = n_sample + K
     out = replace(res, provenance=_provenance(res.provenance, det, job, torch),
                   segmentation=np.zeros(res.anomaly_map.shape, np.uint8), seg_ready=[False] * K)
+    rule = job.rule if job.rule is not None else resolve_rule(None, "paper")
+    fg = foreground(out.input)
     first = out.index_of(s.P)
-    out.segmentation[first] = yield from _segment_ticking(out.input, out.reconstruction[first],
-                                                          n_sample, total, t0)
+    out.segmentation[first], maps = yield from _segment_ticking(
+        out.input, out.reconstruction[first], rule, fg, n_sample, total, t0)
     out.seg_ready[first] = True
     out.provenance["seconds"] = round(time.perf_counter() - t0, 3)
-    yield Ready(out, _latent_axes(det, job.slice_map, out), _map_limits(out.anomaly_map), det, vol)
+    yield Ready(out, _latent_axes(det, job.slice_map, out), _map_limits(out.anomaly_map), det, vol,
+                rule, maps, fg)
     # the main thread owns `out` from here on: only local arrays are read below
     x, recon = out.input, out.reconstruction
     done = n_sample + 1
     for k in range(K):
         if k == first:
             continue
-        seg = yield from _segment_ticking(x, recon[k], done, total, t0)
+        seg, maps = yield from _segment_ticking(x, recon[k], rule, fg, done, total, t0)
         done += 1
-        yield SegDone(k, seg, Progress(done, total, "post-processing", time.perf_counter() - t0))
+        yield SegDone(k, seg, Progress(done, total, "post-processing", time.perf_counter() - t0),
+                      maps, rule)
     return time.perf_counter() - t0
 
 

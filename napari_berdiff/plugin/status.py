@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["eta_seconds", "progress_text", "running_text", "done_text", "explain"]
+import math
+
+__all__ = ["eta_seconds", "progress_text", "running_text", "done_text", "explain",
+           "threshold_text"]
 
 
 def eta_seconds(first: tuple[float, int] | None, tick) -> float | None:
@@ -31,11 +34,26 @@ def running_text(L: int, n_slices: int, n_thresholds: int) -> str:
     return f"running: L={L}, {n_slices} slice(s) x {n_thresholds} P value(s)"
 
 
-def done_text(seconds: float, result) -> str:
-    """The status line of a finished run (its DetectionResult)."""
+def done_text(seconds: float, result, note: str | None = None) -> str:
+    """The status line of a finished run (its DetectionResult), with ``note`` after it (e.g. an
+    uncalibrated model's fallback rule)."""
     prov = result.provenance
-    return (f"done: {seconds:.1f} s on {prov['device']}, {len(result.slices)} slice(s) x "
+    text = (f"done: {seconds:.1f} s on {prov['device']}, {len(result.slices)} slice(s) x "
             f"{len(result.thresholds)} P (L={prov['L']}, S={prov['steps']}, seed {prov['seed']})")
+    return f"{text}. Note: {note}" if note else text
+
+
+def threshold_text(rule, calibrated: float | None = None) -> str:
+    """The line beside the threshold slider for a ThresholdRule: the threshold and its
+    false-positive rate on healthy calibration pixels, or the paper rule (and why)."""
+    if rule.mode == "paper":
+        why = "no calibration in this model: " if rule.note else ""
+        return (f"{why}paper rule, each slice's map scaled to its own 1-99th percentiles, "
+                f"> {rule.value:g}")
+    tag = (" (calibrated)" if calibrated is not None
+           and math.isclose(rule.value, calibrated, rel_tol=1e-6, abs_tol=1e-12) else "")
+    fpr = "" if rule.fpr is None else f": FPR {100 * rule.fpr:.3g}% of healthy calibration pixels"
+    return f"map > {rule.value:.4g}{tag}{fpr}"
 
 
 def explain(err: BaseException) -> str:

@@ -16,15 +16,17 @@ from qtpy.QtWidgets import QWidget
 
 from .dock import Dock
 from .input_chooser import InputChooser
-from .inputs import (InputError, base_name, build_volume, channel_titles, pixel_spacing,
-                     run_slices, view_of)
-from .layers import SliceMap, slice_map_for_layer
+from .inputs import InputError
+from .job_builder import build_job
 from .model_chooser import ModelChange, ModelChooser
-from .run import Job, Ready, RunContext, SegDone
+from .run import Job, Ready, RunContext, SegDone, segmentation_record
 from .runner import Runner
+from .score_plot import ScoreDock
+from .segmenter import Segmenter
 from .status import done_text, explain, running_text
+from .threshold_control import ThresholdControl
 from .widget_controls import Controls, plugin_defaults
-from .widget_outputs import OutputLayers, SideBySide, _uid
+from .widget_outputs import OutputLayers, SideBySide
 
 DEBOUNCE_MS = 400
 
@@ -41,7 +43,7 @@ class BerdiffWidget(QWidget):
         self.dock = Dock(self, self.c, on_removed=self._on_removed, on_close=self._stop)
         defaults = plugin_defaults()
         self.c.apply_defaults(defaults)  # before anything is connected
-        self.outputs = OutputLayers(napari_viewer)
+        self.outputs = OutputLayers(napari_viewer, step_slider=self.c.evolution_step)
         self.side_by_side = SideBySide(napari_viewer, self.outputs)
         self.runner = Runner(status=self.c.message, on_ready=self._on_ready,
                              on_segmentation=self._on_segmentation, on_done=self._on_done,
@@ -49,13 +51,15 @@ class BerdiffWidget(QWidget):
                              on_finished=self._update_buttons, alive=self.dock.alive)
         self.inputs = InputChooser(self.c, napari_viewer, on_layers=self._on_layers,
                                    on_choice=self._update_buttons, on_rows=self.dock.fit_width_later)
+        self.thresh = ThresholdControl(self.c, self._on_rule)
+        self.segmenter = Segmenter()  # the shown run's kept maps: re-segments without sampling
         self.model = ModelChooser(self.c, napari_viewer, self._on_model)
         # reused by the next run while the model, device and input stay: (key, value)
         self._detector = (None, None)
         self._normalized = (None, None)
         self.outcome = None  # the shown run's DetectionResult (layer orientation)
         self.context: RunContext | None = None
-        self.plot = None
+        self.scores = ScoreDock(napari_viewer)  # the score plot dock
         self._shown: int | None = None
         self._input_error = False  # the status line shows why Run could not start
         self._debounce = QTimer(self)
@@ -106,6 +110,8 @@ class BerdiffWidget(QWidget):
     def _on_model(self, change: ModelChange):
         if change.switched and self.runner.stop():  # its outputs would belong to the old model
             self.c.message("cancelled: the model changed", "warning")
+        if change.switched:
+            self.thresh.set_model(self.checkpoint)  # the slider starts at its calibrated value
         if change.loaded:
             self._detector = (None, None)
             self.outcome = None  # another model: the P slider no longer swaps its outputs
@@ -156,34 +162,8 @@ class BerdiffWidget(QWidget):
     # -- running ---------------------------------------------------------------------------
     def make_job(self) -> tuple[Job, RunContext]:
         """The job and context of a run with the current settings (InputError: why not)."""
-        ck = self.checkpoint
-        if ck is None:
-            raise InputError(self.c.model_info.value or "choose a model")
-        layers, channel_axis = self.inputs.source()
-        src = view_of(layers, channel_axis)
-        if src.ndim not in (2, 3):
-            raise InputError(f"{src.name} is {src.ndim}D; the widget takes 2D images or 3D stacks")
-        slices = run_slices(src, self.c.scope.value, self.c.range_from.value,
-                            self.c.range_to.value, self.viewer)
-        settings = self.c.settings()
-        norm_key = tuple((_uid(ly), id(ly.data), tuple(ly.data.shape)) for ly in layers) + (
-            channel_axis, ck.sha256)  # the normalisation follows the model
-        normalized = self._normalized[1] if self._normalized[0] == norm_key else None
-        volume = None if normalized is not None else build_volume(layers, channel_axis)
-        C = len(layers) if channel_axis is None else layers[0].data.shape[channel_axis]
-        if ck.in_channels != C:
-            want = channel_titles(ck.meta.get("channel_names"), ck.in_channels)
-            raise InputError(f"the model expects {want}, the input has {C}")
-        det_key = (ck.sha256, self.c.device.value)
-        Z = 1 if src.ndim == 2 else src.data.shape[0]
-        job = Job(volume=volume, slices=slices,
-                  slice_map=slice_map_for_layer(src.metadata, Z) if src.ndim == 3 else SliceMap(),
-                  checkpoint=ck, spacing=pixel_spacing(src), device=self.c.device.value,
-                  settings=settings, normalized=normalized,
-                  detector=self._detector[1] if self._detector[0] == det_key else None)
-        ctx = RunContext(layers, src, base_name(layers), self.inputs.channel_names, settings.L,
-                         settings.thresholds(), norm_key, det_key)
-        return job, ctx
+        return build_job(self.c, self.inputs, self.viewer, self.checkpoint, self.thresh.rule(),
+                         self._detector, self._normalized)
 
     def run(self, *_):
         """Start a run (cancelling one in flight); returns its worker (None: it cannot start)."""
@@ -198,7 +178,7 @@ class BerdiffWidget(QWidget):
         worker = self.runner.start(job, ctx)
         self.c.message(running_text(ctx.L, len(job.slices), len(ctx.thresholds)))
         self._update_buttons()
-        self._ensure_plot()
+        self.scores.ensure()
         return worker
 
     def _live_run(self):
@@ -223,46 +203,63 @@ class BerdiffWidget(QWidget):
         self._normalized = (ctx.norm_key, ready.normalized)
         ctx.latent_axes, ctx.map_limits = ready.latent_axes, ready.map_limits
         self.outcome, self.context = ready.result, ctx
+        self.segmenter.start(self.outcome, ready.rule, ready.foreground)
+        self.segmenter.keep(self.outcome.seg_ready.index(True), ready.maps)
+        self.thresh.widen(ready.map_limits[1])
+        self._set_rule()  # the rule may have changed while it ran
         k = self.outcome.find(self.c.P.value)
         self.show_threshold(k if k is not None else 0)
-        prov = self.outcome.provenance
-        warn = prov.get("device_warning")
-        if warn:
-            from napari.utils.notifications import show_warning
-
-            show_warning(f"napari-berdiff: {warn}")
-        self.c.device_note(f"ran on {prov['device']}", warn)
+        self.c.device_ran(self.outcome.provenance)
 
     def _on_segmentation(self, ctx: RunContext, seg: SegDone):
         if self.outcome is not None:
-            self.outcome.segmentation[seg.k] = seg.segmentation
-            self.outcome.seg_ready[seg.k] = True
+            self.segmenter.keep(seg.k, seg.maps)
+            self.segmenter.accept(seg.k, seg.segmentation, seg.rule)
             if self._shown == seg.k:
-                self.outputs.update_segmentation(self.outcome, seg.k, ctx)
+                self._show_segmentation(seg.k)
 
     def _on_done(self, seconds: float):
         if self.outcome is not None:
-            self.c.message(done_text(seconds, self.outcome))
+            note = self.thresh.note_once(self.segmenter.rule)  # an uncalibrated model's fallback
+            self.c.message(done_text(seconds, self.outcome, note), "warning" if note else "info")
+
+    def _set_rule(self) -> bool:
+        """The controls' rule in force for the shown run; True when it changed."""
+        try:
+            return self.segmenter.set_rule(self.thresh.rule())
+        except InputError:  # a malformed calibration: said beside the slider
+            return False
+
+    def _on_rule(self):
+        """The rule or the threshold slider changed: re-segment the kept maps (no sampling)."""
+        if self.outcome is not None and self._shown is not None and self._set_rule():
+            self._show_segmentation(self._shown)
 
     # -- showing ---------------------------------------------------------------------------
     def show_threshold(self, k: int) -> None:
         """Display the swept threshold with index ``k`` of the last run (no sampling)."""
         out, ctx = self.outcome, self.context
-        if not out.seg_ready[k] and not self.runner.running:  # its run stopped early: compute it
-            out.ensure_segmentation(k)
+        if not out.seg_ready[k] and (not self.runner.running or k in self.segmenter.kept):
+            self.segmenter.segmentation(k)  # not coming from the run (stopped, or a new rule)
         self._shown = k
+        self.outputs.seg_record = segmentation_record(self.segmenter.rule)
         self.outputs.show(out, k, ctx)
-        self._ensure_plot()  # the masked fraction per slice
-        self.plot.set_data(ctx.src, out.slices, out.masked_fraction[k], out.masked_fraction,
-                           out.thresholds, out.thresholds[k])
+        self._plot(k)
 
-    def _ensure_plot(self):
-        """The masked-fraction dock (created at the first run: importing matplotlib's Qt backend
-        takes a second, better spent while the sampler starts than when results arrive)."""
-        if self.plot is None:
-            from .score_plot import dock_plot
+    def _show_segmentation(self, k: int) -> None:
+        """Only the segmentation layer (and the scores) of the shown P, by the rule in force."""
+        self.segmenter.segmentation(k)
+        self.outputs.seg_record = segmentation_record(self.segmenter.rule)
+        self.outputs.update_segmentation(self.outcome, k, self.context)
+        self._plot(k)
 
-            self.plot = dock_plot(self.viewer)
+    def _plot(self, k: int) -> None:
+        self.scores.show(self.outcome, k, self.context, self.segmenter)
+
+    @property
+    def plot(self):
+        """The score plot (None before the first run)."""
+        return self.scores.plot
 
     def toggle_side_by_side(self, *_):
         """Grid view of input, reconstruction and difference (first channel); again to undo."""
@@ -276,9 +273,6 @@ class BerdiffWidget(QWidget):
 
     def _on_removed(self):
         """The widget left the viewer: stop the run (nothing of it lands) and the plot dock."""
-        from .score_plot import undock_plot
-
         self._debounce.stop()
         self.runner.stop()
-        plot, self.plot = self.plot, None
-        undock_plot(self.viewer, plot)
+        self.scores.close()

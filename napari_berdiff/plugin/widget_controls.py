@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label,
                               LineEdit, PushButton, Slider, SpinBox)
+from qtpy.QtWidgets import QDoubleSpinBox
 
 from ..core.diffusion.thresholds import canonical_p
 from ..core.inference.settings import DEFAULTS, DetectSettings, format_sweep
 from .inputs import BUNDLED_CHOICES, FILE_CHOICE, parse_sweep
+from .segmenter import MODES
 
 SCOPES = ("current slice", "all slices", "slice range")
 PLUGIN = "napari-berdiff"
@@ -61,6 +63,15 @@ class Controls:
         self.P = FloatSlider(label="threshold P", min=0.0, max=1.0, step=0.01, value=DEFAULTS.P,
                              tooltip="a latent bit is masked (resampled) once its flip probability "
                                      "exceeds P; P = 0 masks everything, P = 1 nothing")
+        self.seg_mode = ComboBox(label="segmentation", choices=list(MODES),
+                                 tooltip="calibrated: map > the model's calibrated threshold (as "
+                                         "berdiff detect); paper: each slice's map scaled to its "
+                                         "own percentiles, > 0.5 (every slice gets a mask)")
+        self.seg_threshold = FloatSlider(label="map threshold", min=0.0, max=1.0, step=0.001,
+                                         value=0.0, enabled=False,
+                                         tooltip="segment the anomaly map above this value "
+                                                 "(re-segments the last run, no sampling)")
+        self.seg_info = Label(label="", value="")
         self.steps = SpinBox(label="steps S", min=1, max=200, value=DEFAULTS.steps,
                              tooltip="strided denoising steps from L down to 0 (1..L)")
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed)
@@ -76,6 +87,10 @@ class Controls:
         self.run = PushButton(text="Run")
         self.cancel = PushButton(text="Cancel", enabled=False)
         self.status = Label(label="", value="")
+        self.evolution_step = Slider(label="mask evolution step", min=0, max=0, value=0,
+                                     enabled=False,
+                                     tooltip="the sampler step the mask evolution layer shows "
+                                             "(the share of latent bits masked)")
         self.grid = PushButton(text="Side by side",
                                tooltip="napari's grid view: input | reconstruction | difference "
                                        "(first channel); press again to undo")
@@ -85,17 +100,20 @@ class Controls:
         # masked-fraction dock that opens at the first run takes half of a short dock)
         self.container = Container(widgets=[
             self.model_choice, self.model_file, self.model_info, self.multi, self.inputs,
-            self.input_info, self.L, self.P,
+            self.input_info, self.L, self.P, self.seg_mode, self.seg_threshold, self.seg_info,
             self.steps, self.seed, self.sweep_on, self.sweep, self.device, self.device_info,
-            self.scope, self.range_from, self.range_to, self.live, self.grid,
+            self.scope, self.range_from, self.range_to, self.live, self.evolution_step, self.grid,
         ], labels=True)
         self.footer = Container(widgets=[buttons, self.status], labels=False)
-        for lab in (self.model_info, self.input_info, self.device_info, self.status):
+        for lab in (self.model_info, self.input_info, self.seg_info, self.device_info, self.status):
             lab.native.setWordWrap(True)
         # the pinned status line keeps room for two lines (a wrapped message is never clipped)
         lines = self.status.native.fontMetrics().lineSpacing()
         self.status.native.setMinimumHeight(2 * lines + 6)
-        for combo in (self.model_choice, self.multi, self.device, self.scope):
+        readout = self.seg_threshold.native.findChildren(QDoubleSpinBox)
+        for spin in readout:  # calibrated thresholds are small numbers (e.g. 0.0619)
+            spin.setDecimals(4)
+        for combo in (self.model_choice, self.multi, self.seg_mode, self.device, self.scope):
             elide_combo(combo)
         self.scope.changed.connect(self._on_scope)
 
@@ -145,9 +163,29 @@ class Controls:
         self.set_info(self.device_info, text + (f": {warning}" if warning else ""),
                       "warning" if warning else "info")
 
+    def device_ran(self, prov: dict) -> None:
+        """After a run: where it ran (a run's provenance), and a visible warning where that is
+        not the device asked for."""
+        warn = prov.get("device_warning")
+        if warn:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"napari-berdiff: {warn}")
+        self.device_note(f"ran on {prov['device']}", warn)
+
     def set_info(self, label: Label, text: str, level: str = "info") -> None:
         colour = {"info": "", "warning": "color: #e0a030;", "error": "color: #f05050;"}[level]
         if label.native.styleSheet() != colour:  # restyling re-lays out the dock: only on change
             label.native.setStyleSheet(colour)
         if label.value != text:
             label.value = text
+            if label is self.status:
+                self.fit_status()
+
+    def fit_status(self) -> None:
+        """Give the status line the height its wrapped text needs (at least two lines): a layout
+        keeps a word-wrapped label at its first height, which cut a three-line message."""
+        native = self.status.native
+        base = 2 * native.fontMetrics().lineSpacing() + 6
+        need = native.heightForWidth(native.width()) if native.width() > 0 else -1
+        native.setMinimumHeight(max(base, need))

@@ -32,11 +32,17 @@ def _same(a, b) -> bool:
 class OutputLayers:
     """Creates and updates the output layers of one widget."""
 
-    def __init__(self, viewer):
+    def __init__(self, viewer, step_slider=None):
         self.viewer = viewer
+        self.step_slider = step_slider  # the mask evolution's step (a magicgui Slider)
+        self.evolution = None  # (layer name, (S, ...) frames) of the mask evolution shown
+        self._setting_step = False
+        if step_slider is not None:
+            step_slider.changed.connect(self.show_step)
         self.names: dict[str, str] = {}
         self.difference_on = False  # set by SideBySide while its grid is on
         self.after_show = None  # called as f(result, k, ctx) after show()
+        self.seg_record = POSTPROCESS  # the segmentation layer's postprocess entry (its rule)
 
     # ----------------------------------------------------------------------------------
     def show(self, outcome, k: int, ctx: RunContext) -> None:
@@ -61,7 +67,7 @@ class OutputLayers:
                     dict(meta_base, output="anomaly map"),
                     dict(colormap="inferno", blending="additive", contrast_limits=ctx.map_limits))
         self._labels(f"{base} segmentation", vol(outcome.segmentation[k], np.uint8), geo,
-                     dict(meta_base, output="segmentation", postprocess=POSTPROCESS,
+                     dict(meta_base, output="segmentation", postprocess=self.seg_record,
                           pending=not outcome.seg_ready[k]))
         self._mask_evolution(outcome, k, ctx, meta_base, Z, two_d)
         if first and amap is not None:  # the layer controls show the map, not the last layer added
@@ -98,7 +104,7 @@ class OutputLayers:
         layer = self.viewer.layers[name]
         Z = 1 if src.ndim == 2 else src.data.shape[0]
         full = full_volume(outcome.segmentation[k], outcome.slices, Z, np.uint8)
-        layer.metadata = dict(layer.metadata, pending=False)
+        layer.metadata = dict(layer.metadata, pending=False, postprocess=self.seg_record)
         layer.data = full[0] if src.ndim == 2 else full
 
     @staticmethod
@@ -119,28 +125,57 @@ class OutputLayers:
                     output="difference")
         lim = float(max(np.abs(d).max(), 1e-6))
         return self._image(f"{base} difference", full[0] if two_d else full, geometry_kwargs(src), meta,
-                           dict(colormap="PiYG", contrast_limits=(-lim, lim)), visible=True)
+                           dict(colormap=difference_colormap(), contrast_limits=(-lim, lim)),
+                           visible=True)
 
     # ----------------------------------------------------------------------------------
     def _mask_evolution(self, outcome, k, ctx, meta_base, Z, two_d):
+        """The latent mask of one sampler step at a time, over the source's slices: the step is
+        the dock's slider (:attr:`step_slider`), not a viewer axis, so napari's sliders stay
+        those of the input (its first is the slice axis, where users expect it)."""
         src, base = ctx.src, ctx.base
         hist = outcome.mask_history[:, k].astype(np.float32)  # (S, N, h, w)
         S, _, h, w = hist.shape
         if two_d:
-            data = hist[:, 0]
+            frames = hist[:, 0]
         else:
-            data = np.zeros((S, Z, h, w), np.float32)
-            data[:, outcome.slices] = hist
-        geo = latent_geometry_kwargs(src, ctx.latent_axes, lead=1)
+            frames = np.zeros((S, Z, h, w), np.float32)
+            frames[:, outcome.slices] = hist
         name = f"{base} mask evolution"
         new = name not in self.viewer.layers
-        layer = self._image(name, data, geo, dict(meta_base, output="mask evolution",
-                                                  latent_axes=ctx.latent_axes),
-                            dict(colormap="viridis", blending="additive", contrast_limits=(0.0, 1.0),
-                                 opacity=0.7), visible=False)
-        if new:  # show the last step on the new step slider
-            axis = self.viewer.dims.ndim - layer.ndim
-            self.viewer.dims.set_current_step(axis, S - 1)
+        step = self._steps(S, new)
+        self.evolution = (name, frames)
+        self._image(name, frames[step], latent_geometry_kwargs(src, ctx.latent_axes, lead=0),
+                    dict(meta_base, output="mask evolution", latent_axes=ctx.latent_axes,
+                         steps=S, step=step),
+                    dict(colormap="viridis", blending="additive", contrast_limits=(0.0, 1.0),
+                         opacity=0.7), visible=False)
+
+    def _steps(self, S: int, new: bool) -> int:
+        """The step slider's range for ``S`` steps (the last step for a new layer): its value."""
+        s = self.step_slider
+        if s is None:
+            return S - 1
+        self._setting_step = True
+        try:
+            s.max = S - 1
+            s.enabled = S > 1
+            if new:
+                s.value = S - 1
+        finally:
+            self._setting_step = False
+        return int(min(s.value, S - 1))
+
+    def show_step(self, step) -> None:
+        """Show sampler step ``step`` in the mask evolution layer."""
+        if self._setting_step or self.evolution is None:
+            return
+        name, frames = self.evolution
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            step = int(min(max(int(step), 0), len(frames) - 1))
+            layer.metadata = dict(layer.metadata, step=step)
+            layer.data = frames[step]
 
     def _place(self, name, layer_type, data, geo, meta, style, visible):
         layers = self.viewer.layers
@@ -177,6 +212,15 @@ class OutputLayers:
             layer.contour = 1
         self.names[name] = "labels"
         return layer
+
+
+def difference_colormap():
+    """A diverging colormap that is black at 0 (magenta below, green above): the difference
+    panel's background (no difference) is black like the canvas, not a white square (PiYG)."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap([[0.85, 0.1, 0.75, 1.0], [0.0, 0.0, 0.0, 1.0], [0.2, 0.85, 0.2, 1.0]],
+                    controls=[0.0, 0.5, 1.0], name="berdiff difference")
 
 
 def _uid(layer) -> int:

@@ -149,17 +149,26 @@ class KeptMaps:
     then each threshold costs one comparison and a connected-component pass.
 
     ``x``, ``rec``: (N, C, H, W) input and reconstruction (one P of a sweep); ``calibration``: a
-    :class:`~.calibration.Calibration` for :meth:`fpr` (optional)."""
+    :class:`~.calibration.Calibration` for :meth:`fpr` (optional); ``maps``: the (N, H, W)
+    filtered maps where already computed (e.g. by the widget's worker); ``within``: (N, H, W)
+    foreground masks that :meth:`segment` is restricted to, as ``berdiff detect``'s absolute rules
+    are (:func:`~.calibration.foreground`)."""
 
     def __init__(self, x: np.ndarray, rec: np.ndarray, *, median_size: int = 5,
-                 min_size: int = 10, connectivity: int = 2, calibration=None):
+                 min_size: int = 10, connectivity: int = 2, calibration=None,
+                 maps: np.ndarray | None = None, within: np.ndarray | None = None):
         self.x, self.rec = np.asarray(x), np.asarray(rec)
         if self.x.shape != self.rec.shape or self.x.ndim != 4:
             raise ValueError(f"need (N, C, H, W) inputs and reconstructions of one shape, got "
                              f"{self.x.shape} and {self.rec.shape}")
         self.median_size, self.min_size, self.connectivity = median_size, min_size, connectivity
         self.calibration = calibration
-        self._maps: dict[int, np.ndarray] = {}
+        self.within = None if within is None else np.asarray(within, bool)
+        for name, a in (("maps", maps), ("within", self.within)):
+            if a is not None and a.shape != self.x.shape[:1] + self.x.shape[2:]:
+                raise ValueError(f"{name} must be (N, H, W) = {self.x.shape[:1] + self.x.shape[2:]}, "
+                                 f"got {a.shape}")
+        self._maps: dict[int, np.ndarray] = {} if maps is None else dict(enumerate(maps))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -182,9 +191,12 @@ class KeptMaps:
         return self._maps[i]
 
     def segment(self, i: int, threshold: float) -> np.ndarray:
-        """Slice ``i``'s segmentation at an absolute ``threshold`` (bool (H, W))."""
-        return remove_small_components(self.map(i) > float(threshold), self.min_size,
-                                       self.connectivity)
+        """Slice ``i``'s segmentation at an absolute ``threshold`` (bool (H, W)), within its
+        foreground where given."""
+        m = self.map(i) > float(threshold)
+        if self.within is not None:
+            m &= self.within[int(i)]
+        return remove_small_components(m, self.min_size, self.connectivity)
 
     def fpr(self, threshold: float) -> float | None:
         """The threshold's FPR on healthy calibration pixels (None without a calibration)."""
