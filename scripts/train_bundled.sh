@@ -50,4 +50,17 @@ $BERDIFF train-ae data/prep_brats128 --out runs/brats_ae_ent --resume runs/brats
 $BERDIFF train-diffusion data/prep_brats128 --ae runs/brats_ae_ent/autoencoder.pt --out runs/brats_diff2 \
   --init runs/brats_diff1/model.pt --t-max 400 --steps "$DIFF2_STEPS" --sample-every 1000 "${DIFF_OPTS[@]}"
 
-$BERDIFF export runs/brats_diff2/model.pt napari_berdiff/weights/brats_small.pt --overwrite  # float16 weights
+# v2 was shipped as this float16 export; v4 starts from it
+$BERDIFF export runs/brats_diff2/model.pt runs/brats_v2_export.pt --overwrite  # float16 weights
+
+# 8. v4 (shipped): the U-Net fine-tuned from v2 with structured latent corruption (issue 14;
+#    --corruption patch: with probability 0.5 a smooth region of the code replaced by another
+#    healthy training code's bits, shifted; the target is still the flips relative to the clean
+#    code), on the same autoencoder; 20000 steps (the run was stopped there and finalised)
+$BERDIFF train-diffusion data/prep_brats128 --ae runs/brats_v2_export.pt --init runs/brats_v2_export.pt \
+  --out runs/brats_diff_patch --t-max 400 --steps "${DIFF4_STEPS:-20000}" --batch-size 16 --lr 1e-4 \
+  --ema 0.995 --threads 1 --ckpt-every 250 --log-every 25 --sample-every 2500 --seed 0 --quiet \
+  --corruption patch
+$BERDIFF export runs/brats_diff_patch/model.pt napari_berdiff/weights/brats_small.pt --overwrite
+# 9. thresholds at healthy false-positive rates (needs the held-out data of scripts/eval_bundled.sh)
+ONLY=brats bash scripts/calibrate_bundled.sh

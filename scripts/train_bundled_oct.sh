@@ -40,4 +40,17 @@ $BERDIFF train-diffusion data/prep_oct128 --ae runs/oct_ae_ent/autoencoder.pt --
   --init runs/oct_diff/model.pt --t-max 400 --config small --steps "$DIFF2_STEPS" --batch-size 16 \
   --lr 2e-4 --threads 1 --ckpt-every 200 --log-every 25 --sample-every 1000 --seed 0 --quiet
 
-$BERDIFF export runs/oct_diff2/model.pt napari_berdiff/weights/oct_small.pt --overwrite  # float16 weights
+# v2 was shipped as this float16 export; v4 starts from it
+$BERDIFF export runs/oct_diff2/model.pt runs/oct_v2_export.pt --overwrite  # float16 weights
+
+# 8. v4 (shipped): the U-Net fine-tuned from v2 with structured latent corruption (issue 14;
+#    --corruption patch: with probability 0.5 a smooth region of the code replaced by another
+#    healthy training code's bits, shifted; the target is still the flips relative to the clean
+#    code), on the same autoencoder; 12320 steps (the run was stopped there and finalised)
+$BERDIFF train-diffusion data/prep_oct128 --ae runs/oct_v2_export.pt --init runs/oct_v2_export.pt \
+  --out runs/oct_diff_patch --t-max 400 --steps "${DIFF4_STEPS:-12320}" --batch-size 16 --lr 1e-4 \
+  --ema 0.995 --threads 1 --ckpt-every 250 --log-every 25 --sample-every 2500 --seed 0 --quiet \
+  --corruption patch
+$BERDIFF export runs/oct_diff_patch/model.pt napari_berdiff/weights/oct_small.pt --overwrite
+# 9. thresholds at healthy false-positive rates (needs the held-out data of scripts/eval_bundled.sh)
+ONLY=oct bash scripts/calibrate_bundled.sh
