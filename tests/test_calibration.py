@@ -218,7 +218,7 @@ def test_evaluate_reports_the_image_auroc_of_each_triage_score(prepared, checkpo
 
 def test_calibrate_on_the_raw_inputs_as_detect_runs_them(prepared, checkpoint, one_thread):  # noqa: F811
     from napari_berdiff.core.inference.batch_detect import DetectSettings, detect_item
-    from napari_berdiff.core.io.batch_io import InputItem
+    from napari_berdiff.core.io.input_kinds import InputItem
 
     det = Detector.from_checkpoint(checkpoint, device="cpu")
     val = load_eval_split(prepared, "val")

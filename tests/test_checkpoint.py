@@ -126,7 +126,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     import stat
 
     from napari_berdiff.core.io.atomic import _UMASK, atomic_dir, atomic_write_text
-    from napari_berdiff.core.io.batch_io import AtomicFiles
+    from napari_berdiff.core.io.atomic import AtomicFiles
 
     atomic_write_text(tmp_path / "a.json", "{}")
     with atomic_dir(tmp_path / "folder") as d:

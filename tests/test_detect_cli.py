@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.io.batch_io import (AtomicFiles, discover_inputs, output_paths,
-                                          parse_slices, shard)
+from napari_berdiff.core.io.atomic import AtomicFiles
+from napari_berdiff.core.io.discovery import discover_inputs, parse_slices, shard
+from napari_berdiff.core.io.outputs import output_paths
 from napari_berdiff.core.models.checkpoint import save_checkpoint
 from napari_berdiff.core.models.configs import get_preset
 from napari_berdiff.core.io.readers import BRATS_MODALITIES

@@ -17,13 +17,14 @@ import pytest
 import torch
 
 from napari_berdiff.cli import main
-from napari_berdiff.core.io import batch_io
+from napari_berdiff.core.io import signals
 from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
-from napari_berdiff.core.io.batch_io import (InputItem, check_inputs_kept, discover_inputs,
-                                          is_own_output, output_paths)
+from napari_berdiff.core.io.discovery import discover_inputs
+from napari_berdiff.core.io.input_kinds import InputItem
+from napari_berdiff.core.io.outputs import check_inputs_kept, is_own_output, output_paths
 from napari_berdiff.core.models.checkpoint import save_checkpoint
 from napari_berdiff.core.models.configs import get_preset
-from napari_berdiff.core.io.readers import BRATS_MODALITIES, find_brats_case
+from napari_berdiff.core.io.readers import BRATS_CASE_SUFFIXES, BRATS_MODALITIES, find_brats_case
 from napari_berdiff.core.models.unet import BernoulliUNet
 from test_detect_cli import AFFINE, make_checkpoint, write_png
 
@@ -75,7 +76,7 @@ def test_output_names_never_look_like_brats_files():
     assert names == ["c_berdiff_anomaly.nii.gz", "c_berdiff_mask.nii.gz",
                      "c_berdiff_recon.nii.gz", "c_berdiff_scores.csv", "c_berdiff_provenance.json"]
     for n in names:  # no BraTS modality/label ending, no "seg" (BraTS readers' label fallback)
-        assert "seg" not in n.lower() and not n.lower().endswith(batch_io._CASE_SUFFIXES)
+        assert "seg" not in n.lower() and not n.lower().endswith(BRATS_CASE_SUFFIXES)
         assert is_own_output(n)
     assert not is_own_output("BraTS2021_00000_seg.nii.gz") and not is_own_output("x_mask.png")
 
@@ -194,17 +195,17 @@ def test_stems_are_compared_without_case_and_across_kinds(tmp_path):
 # ----------------------------------------------------------------------------- 4: signals
 SLOW_WRITER = textwrap.dedent("""
     import sys, time
-    from napari_berdiff.core.io import batch_io
+    from napari_berdiff.core.io import atomic
     from napari_berdiff.cli import main
 
-    orig = batch_io.AtomicFiles.temp
+    orig = atomic.AtomicFiles.temp
     def temp(self, final):
         tmp = orig(self, final)
         if final.name.startswith("b_") and len(self._pairs) == 2:  # b's first file is written
             print("WRITING", flush=True)
             time.sleep(120)
         return tmp
-    batch_io.AtomicFiles.temp = temp
+    atomic.AtomicFiles.temp = temp
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -239,9 +240,9 @@ def test_a_stop_signal_leaves_no_partial_files(ck1, tmp_path, sig, code, word):
 
 def test_a_signal_while_files_are_renamed_waits_for_the_renames(tmp_path):
     target = tmp_path / "r.txt"
-    with pytest.raises(batch_io.Interrupted) as info:
-        with batch_io.stop_on_signals():
-            with batch_io._deferring():
+    with pytest.raises(signals.Interrupted) as info:
+        with signals.stop_on_signals():
+            with signals.deferred_signals():
                 signal.raise_signal(signal.SIGTERM)
                 target.write_text("renamed")  # still runs: the signal waits
     assert info.value.signum == signal.SIGTERM and target.read_text() == "renamed"

@@ -16,7 +16,7 @@ from napari_berdiff.cli.model_args import bundled_for
 from napari_berdiff.core.inference.calibration import Calibration
 from napari_berdiff.core.inference.postprocess import (normalize_map, remove_small_components,
                                                       segment)
-from napari_berdiff.core.io.batch_io import InputItem
+from napari_berdiff.core.io.input_kinds import InputItem
 from napari_berdiff.core.models.export import write_meta
 from test_detect_cli import AFFINE, make_checkpoint, write_png
 

@@ -10,7 +10,7 @@ import torch
 
 from napari_berdiff.core.models.autoencoder import BinaryAutoencoder
 from napari_berdiff.core.inference.batch_detect import DetectSettings, run_item
-from napari_berdiff.core.io.batch_io import discover_inputs
+from napari_berdiff.core.io.discovery import discover_inputs
 from napari_berdiff.core.models.configs import get_preset
 from napari_berdiff.core.inference.detector import Detector
 from napari_berdiff.core.io.orientation import (axcodes, canonical_zooms, from_canonical,

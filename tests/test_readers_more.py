@@ -100,7 +100,8 @@ def test_brats_naming_variants_and_missing_file_in_the_folders_naming(tmp_path):
 
 def test_brats2023_case_folders_are_found_by_detect_and_napari(tmp_path):
     from napari_berdiff.plugin.reader import _folder_kind, _modality_of
-    from napari_berdiff.core.io.batch_io import _CASE_SUFFIXES, discover_inputs
+    from napari_berdiff.core.io.discovery import discover_inputs
+    from napari_berdiff.core.io.readers import BRATS_CASE_SUFFIXES as _CASE_SUFFIXES
 
     assert _CASE_SUFFIXES == BRATS_CASE_SUFFIXES
     write_2023(tmp_path / "cases")

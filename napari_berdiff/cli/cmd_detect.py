@@ -3,7 +3,7 @@
 Inputs: BraTS case folders (4-channel models), NIfTI volumes (3D for 1-channel models, 4D with
 channels last), 2D images (OCT; 1-channel models), or folders holding any of these (searched
 recursively; the --out folder and earlier outputs are never taken for inputs). Outputs per input
-(see :mod:`napari_berdiff.core.io.batch_io`), named ``<stem>_berdiff_<kind>`` where ``<stem>`` mirrors
+(see :mod:`napari_berdiff.core.io.outputs`), named ``<stem>_berdiff_<kind>`` where ``<stem>`` mirrors
 the input's path below the folder argument it was found in (an input given directly: its name):
 anomaly map, segmentation mask and reconstruction (NIfTI with the source affine, or TIFF/PNG for
 2D images), a per-slice scores CSV and a provenance JSON.
@@ -96,7 +96,7 @@ def _check_settings(args) -> None:
     import math
 
     from ..core.inference.calibration import effective_mode
-    from ..core.io.batch_io import check_slices_spec
+    from ..core.io.discovery import check_slices_spec
     from . import CLIError
 
     if args.L < 1:
@@ -163,7 +163,7 @@ def _report_ranking(rows: list[dict], out: str, rank: int, world: int, tag: str 
     replacing it loses nothing; under several processes each ranks its own inputs."""
     from ..core.inference.batch_detect import summary_path, summary_rows
     from ..core.inference.triage import RANK_BY, rank_inputs, summary_csv
-    from ..core.io.batch_io import atomic_write_text
+    from ..core.io.atomic import atomic_write_text
 
     path = summary_path(out, rank, world)
     rows = rank_inputs(summary_rows(out) if world <= 1 else rows)
@@ -177,7 +177,7 @@ def _report_ranking(rows: list[dict], out: str, rank: int, world: int, tag: str 
 
 
 def run(args) -> int:
-    from ..core.io.batch_io import Interrupted, stop_on_signals
+    from ..core.io.signals import Interrupted, stop_on_signals
 
     done: list[int] = [0]
     try:
@@ -196,7 +196,7 @@ def run(args) -> int:
 def _discover(args):
     """``(all inputs, this process's share, rank, world)``; notes for skipped outputs and mask
     folders; CLIError (one line, before anything is created) when no input can run."""
-    from ..core.io.batch_io import discover_inputs, shard
+    from ..core.io.discovery import discover_inputs, shard
     from . import CLIError
 
     skipped: list = []
@@ -235,7 +235,7 @@ def _made_folders(out: str) -> list[str]:
 
 def _run(args, done: list[int]) -> int:
     from ..core.inference.batch_detect import DetectSettings, item_outputs
-    from ..core.io.batch_io import check_inputs_kept, check_outputs
+    from ..core.io.outputs import check_inputs_kept, check_outputs
     from . import CLIError
 
     _check_settings(args)

@@ -88,7 +88,7 @@ def _start(args) -> None:
     """Refuse an existing --json before any work; set the torch threads."""
     import torch
 
-    from ..core.io.batch_io import check_outputs
+    from ..core.io.outputs import check_outputs
 
     if args.json:
         check_outputs([args.json], args.overwrite)

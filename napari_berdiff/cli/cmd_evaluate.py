@@ -65,7 +65,7 @@ def load_splits(prepared, max_slices, max_val_slices, use_val: bool = True):
 
 
 def run(args) -> int:
-    from ..core.io.batch_io import check_outputs
+    from ..core.io.outputs import check_outputs
     from ..core.evaluation.report import (anomaly_kinds, markdown_table, report_files,
                                           write_reports)
     from . import CLIError

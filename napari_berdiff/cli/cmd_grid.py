@@ -91,7 +91,8 @@ def run(args) -> int:
 
     import numpy as np
 
-    from ..core.io.batch_io import AtomicFiles, check_outputs
+    from ..core.io.atomic import AtomicFiles
+    from ..core.io.outputs import check_outputs
     from . import CLIError
 
     out = Path(args.out)

@@ -107,7 +107,7 @@ def add_batch_size_arg(p, help_extra: str = "", default="auto") -> None:
 
 def bundled_for(items) -> tuple[str, str]:
     """``(modality, why)`` of the bundled model that fits the inputs (:class:`InputItem` s of
-    :func:`~napari_berdiff.core.io.batch_io.discover_inputs`): ``brats`` for BraTS case folders
+    :func:`~napari_berdiff.core.io.discovery.discover_inputs`): ``brats`` for BraTS case folders
     and 4D NIfTI volumes with 4 channels, ``oct`` for 2D images. CLIError when the inputs need
     different models or when their kind does not tell (e.g. a 3D NIfTI volume)."""
     from . import CLIError

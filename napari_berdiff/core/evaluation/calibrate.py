@@ -36,7 +36,7 @@ from ..inference.calibration import Calibration, foreground
 from ..inference.settings import DEFAULT_FPR, DEFAULTS, POST, DetectSettings, PostProcess
 from ..inference.postprocess import paper_anomaly_map
 from ..inference.triage import peak
-from ..io.batch_io import InputItem
+from ..io.input_kinds import InputItem
 from ..io.files import is_nifti
 from ..io.images import load_image_2d
 from ..io.readers import load_brats_case

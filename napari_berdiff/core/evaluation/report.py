@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io.batch_io import atomic_write_text, check_outputs
+from ..io.atomic import atomic_write_text
+from ..io.outputs import check_outputs
 
 __all__ = ["write_reports", "markdown_table", "report_files", "anomaly_kinds", "pick_slices",
            "to_jsonable"]

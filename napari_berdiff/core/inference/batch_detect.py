@@ -1,4 +1,4 @@
-"""Detection on one input of :mod:`..io.batch_io` and writing its outputs (used by ``berdiff detect``).
+"""Detection on one input of :mod:`..io.discovery` and writing its outputs (used by ``berdiff detect``).
 
 Volumes (BraTS case folders, NIfTI) are put in RAS voxel order (:mod:`..io.orientation`, as the
 models were trained) and run axial slice by axial slice with :func:`.volume.iter_detect_volume`
@@ -23,11 +23,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..io.batch_io import OUTPUT_TAG, AtomicFiles, InputItem, output_paths, parse_slices
+from ..io.atomic import AtomicFiles
+from ..io.discovery import parse_slices
+from ..io.outputs import OUTPUT_TAG, output_paths
 from ..io.files import DataError
 from ..io.images import load_image_2d
 from ..io.readers import find_brats_case, load_brats_case, load_nifti
-from ..io.input_kinds import CLINICAL_KINDS, load_clinical, model_order
+from ..io.input_kinds import CLINICAL_KINDS, InputItem, load_clinical, model_order
 from ..io.orientation import canonical_zooms, from_canonical, to_canonical
 from .calibration import Calibration, foreground, rule_for
 from .triage import TRIAGE_RULES, triage_input
@@ -41,7 +43,7 @@ __all__ = ["DetectSettings", "load_item", "run_item", "detect_item", "summary_pa
 
 
 def item_outputs(item: InputItem, out_dir, samples: int = 1) -> dict[str, Path]:
-    """The files :func:`run_item` writes for ``item``: :func:`..io.batch_io.output_paths`, plus
+    """The files :func:`run_item` writes for ``item``: :func:`..io.outputs.output_paths`, plus
     ``spread`` (beside the anomaly map) when ``samples`` > 1."""
     paths = output_paths(item, out_dir)
     if samples > 1:

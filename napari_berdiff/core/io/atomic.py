@@ -10,6 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .files import NIFTI_EXTENSIONS
+from .signals import deferred_signals
+
 
 def _read_umask() -> int:
     mask = os.umask(0o022)  # the only portable way to read it: set and restore at once
@@ -92,3 +95,63 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _suffix(path: Path) -> str:
+    low = path.name.lower()
+    for ext in NIFTI_EXTENSIONS:
+        if low.endswith(ext):
+            return path.name[-len(ext):]
+    return path.suffix
+
+
+class AtomicFiles:
+    """Context manager: ``tmp = files.temp(final)`` gives a hidden temporary path in the same
+    folder (keeping the extension, so writers pick the right format); on a clean exit every
+    temporary file is renamed to its final name, on an exception (Ctrl-C or SIGTERM under
+    :class:`.signals.stop_on_signals` included) all are removed. A stop signal arriving while the files are
+    renamed takes effect once all are in place."""
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[Path, Path]] = []
+        self._made: list[Path] = []  # folders created here (removed again if left empty)
+
+    def temp(self, final: str | Path) -> Path:
+        final = Path(final)
+        missing = [d for d in (final.parent, *final.parent.parents) if not d.exists()]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self._made.extend(missing)  # deepest first
+        with deferred_signals():
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + _suffix(final),
+                                       dir=final.parent)
+            os.close(fd)
+            self._pairs.append((Path(tmp), final))
+        return Path(tmp)
+
+    def __enter__(self) -> "AtomicFiles":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                with deferred_signals():
+                    for tmp, final in self._pairs:
+                        publish_mode(tmp)
+                        os.replace(tmp, final)
+                return
+            except BaseException:
+                self._cleanup()
+                raise
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for tmp, _ in self._pairs:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+        for d in self._made:  # an interrupted first write leaves no empty --out folder behind
+            try:
+                d.rmdir()
+            except OSError:  # not empty (other outputs, the user's files) or already gone
+                pass

@@ -10,6 +10,7 @@ export folder).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,10 +20,27 @@ from .dicom import dicom_folder_kind, is_dicom_file
 from .oct_volume import OCT_MODEL_ORNT, UNSUPPORTED_OCT, oct_volume_kind
 from .files import DataError, is_image, is_nifti
 
-__all__ = ["CLINICAL_KINDS", "folder_input_kind", "file_input_kind", "unsupported_reason",
+__all__ = ["InputItem", "CLINICAL_KINDS", "folder_input_kind", "file_input_kind", "unsupported_reason",
            "load_clinical", "model_order"]
 
 CLINICAL_KINDS = ("dicom", "oct_volume")
+
+
+@dataclass
+class InputItem:
+    """One unit of work: ``kind`` is ``brats_case``, ``nifti``, ``image``, ``dicom`` (a DICOM
+    folder or file), ``oct_volume`` (an OCT volume export) or ``invalid``;
+    ``name`` is the output stem (a relative path, ``/``-separated, for inputs found in folders)."""
+
+    path: Path
+    kind: str
+    name: str = ""
+    error: str | None = None
+    info: dict | None = None  # what the reader found (DICOM series per channel, OCT spacing)
+
+    @property
+    def is_2d(self) -> bool:
+        return self.kind == "image"
 
 
 def folder_input_kind(folder: str | Path) -> str | None:
