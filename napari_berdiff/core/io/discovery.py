@@ -86,36 +86,54 @@ def discover_inputs(paths: Sequence[str | Path], exclude: str | Path | None = No
     items: list[InputItem] = []
     for raw in paths:
         p = Path(raw)
-        if not p.exists():
-            items.append(InputItem(p, "invalid", p.name, error=f"input not found: {p}"))
-        elif p.is_dir():
-            kind = "brats_case" if _is_case_folder(p) else folder_input_kind(p)
-            if kind:
-                items.append(InputItem(p, kind, _resolve(p).name))
-                continue
-            found = _walk(p, out, own, masks)
-            if found:
-                items += found
-            elif out is not None and _inside(_resolve(p), out):
-                if skipped is not None:  # e.g. the output folder itself, from a shell glob
-                    skipped.append(p)
-            else:
-                items.append(InputItem(p, "invalid", p.name, error=f"no NIfTI, image, DICOM, OCT "
-                                                                   f"volume or BraTS case under "
-                                                                   f"folder {p}"))
-        elif own(p):
+        if p.is_dir():
+            items += _folder_items(p, out, own, skipped, masks)
+        elif p.exists() and own(p):
             if skipped is not None:
                 skipped.append(p)
-        elif is_nifti(p):
-            items.append(InputItem(p, "nifti", strip_extension(p.name)))
-        elif is_image(p):
-            items.append(InputItem(p, "image", strip_extension(p.name)))
-        elif file_input_kind(p):
-            items.append(InputItem(p, file_input_kind(p), strip_extension(p.name)))
         else:
-            items.append(InputItem(p, "invalid", p.name, error=unsupported_reason(p) or (
-                f"unsupported input (not NIfTI, PNG/JPEG/TIFF/BMP, DICOM, an OCT volume export "
-                f"or a BraTS case folder): {p}")))
+            items.append(_file_item(p))
+    unique = _unique(items)
+    _check_stems_unique(unique)
+    return unique
+
+
+def _folder_items(p: Path, out: Path | None, own: OwnOutputs, skipped: list[Path] | None,
+                  masks: list[Path] | None) -> list[InputItem]:
+    """The inputs of a folder argument: itself (a BraTS case, DICOM or OCT export folder), those
+    found below it, nothing (a folder of outputs inside ``out``: noted in ``skipped``) or one
+    ``invalid`` item."""
+    kind = "brats_case" if _is_case_folder(p) else folder_input_kind(p)
+    if kind:
+        return [InputItem(p, kind, _resolve(p).name)]
+    found = _walk(p, out, own, masks)
+    if found:
+        return found
+    if out is not None and _inside(_resolve(p), out):
+        if skipped is not None:  # e.g. the output folder itself, from a shell glob
+            skipped.append(p)
+        return []
+    return [InputItem(p, "invalid", p.name, error=f"no NIfTI, image, DICOM, OCT volume or BraTS "
+                                                   f"case under folder {p}")]
+
+
+def _file_item(p: Path) -> InputItem:
+    """The input of a file argument (not an output), or an ``invalid`` item saying why not."""
+    if not p.exists():
+        return InputItem(p, "invalid", p.name, error=f"input not found: {p}")
+    if is_nifti(p):
+        return InputItem(p, "nifti", strip_extension(p.name))
+    if is_image(p):
+        return InputItem(p, "image", strip_extension(p.name))
+    if file_input_kind(p):
+        return InputItem(p, file_input_kind(p), strip_extension(p.name))
+    return InputItem(p, "invalid", p.name, error=unsupported_reason(p) or (
+        f"unsupported input (not NIfTI, PNG/JPEG/TIFF/BMP, DICOM, an OCT volume export "
+        f"or a BraTS case folder): {p}"))
+
+
+def _unique(items: list[InputItem]) -> list[InputItem]:
+    """``items`` without repeats of the same (resolved) path, in order."""
     seen: set[Path] = set()
     unique: list[InputItem] = []
     for it in items:
@@ -124,15 +142,19 @@ def discover_inputs(paths: Sequence[str | Path], exclude: str | Path | None = No
             continue
         seen.add(key)
         unique.append(it)
+    return unique
+
+
+def _check_stems_unique(items: list[InputItem]) -> None:
+    """ValueError naming two inputs whose outputs would share a stem (case-insensitively)."""
     owner: dict[str, InputItem] = {}
-    for it in unique:
+    for it in items:
         if it.kind == "invalid":
             continue
         other = owner.setdefault(it.name.casefold(), it)
         if other is not it:
             raise ValueError(f"{other.path} and {it.path} would both write the outputs "
                              f"{it.name}{OUTPUT_TAG}*; run them with different --out folders")
-    return unique
 
 
 def shard(items: Sequence, rank: int | None = None, world: int | None = None) -> list:
