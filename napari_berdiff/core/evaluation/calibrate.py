@@ -159,13 +159,7 @@ def calibrate(detector, val_split, *, L: int = DEFAULTS.L, P: float = DEFAULTS.P
     n_steps = len(step_grid(L, steps)) - 1
     run = dict(L=int(L), P=float(P), steps=steps, seed=int(seed), batch_size=batch_size,
                median_size=int(median_size))
-    total, done = len(val_split) * n_steps, [0]  # an upper bound (empty slices cost nothing)
-
-    def tick(p):
-        done[0] += 1
-        if progress is not None:
-            progress(min(done[0], total), total)
-
+    tick = _ticker(progress, len(val_split) * n_steps)  # an upper bound (empty slices are free)
     pool = _Pool(int(val_split.images.shape[1]), min_size, connectivity)
     depths: set[int] = set()
     slices_run: list[int] = []
@@ -182,31 +176,53 @@ def calibrate(detector, val_split, *, L: int = DEFAULTS.L, P: float = DEFAULTS.P
     n_pixels = int(pooled.size)
     if pooled.size > MAX_VALUES:
         pooled = np.sort(pooled)[np.linspace(0, pooled.size - 1, MAX_VALUES).astype(np.int64)]
-    meta = dict(getattr(val_split, "meta", {}) or {})
-    src = {"data": meta.get("dataset"), "split": "val", "n_slices": len(val_split),
-           "n_healthy_slices": len(pool.values), "n_pixels": n_pixels,
-           "geometry": ("deployment: the raw inputs of the split, run as berdiff detect runs them"
-                        if source_root is not None else
-                        "model resolution: the prepared slices"),
-           "raw_data": None if source_root is None else str(Path(source_root).resolve()),
-           "L": int(L), "P": float(P), "steps": n_steps, "seed": int(seed),
-           "median_size": int(median_size), "min_size": int(min_size),
-           "model": (getattr(detector, "meta", {}) or {}).get("name"),
-           "model_hash": getattr(detector, "model_hash", None),
-           "device": str(getattr(detector, "device", "")),
-           "seconds": round(time.perf_counter() - t0, 1),
-           "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(source or {})}
-    healthy_stats = {"median_error": _quantiles(pool.med), "peak": _quantiles(pool.peaks),
-                     "statistics": "per healthy slice: the median of the filtered map over its "
-                                   "foreground, and its peak (99.9th percentile)"}
+    src = _provenance(detector, val_split, run, n_steps, min_size, len(pool.values), n_pixels,
+                      source_root, t0) | (source or {})
     rng = None
     if slices_run and len(depths) == 1:
         rng = {"first": min(slices_run), "last": max(slices_run), "depth": depths.pop()}
-    cal = Calibration.from_values(pooled, fprs, default_fpr, healthy=healthy_stats, source=src,
-                                  slice_range=rng)
+    cal = Calibration.from_values(pooled, fprs, default_fpr, healthy=_healthy_stats(pool),
+                                  source=src, slice_range=rng)
     if pool.n_diseased and pool.sweep.label > 0:
         t, d = pool.sweep.best()
         cal = dataclasses.replace(cal, dice_optimal={
             "threshold": t, "dice": d, "fpr": cal.fpr_at(t), "n_slices": pool.n_labelled,
             "n_diseased": pool.n_diseased, "min_size": int(min_size)})
     return cal
+
+
+def _ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable:
+    """A per-step callback that reports ``(done, total)`` to ``progress``."""
+    done = [0]
+
+    def tick(p):
+        done[0] += 1
+        if progress is not None:
+            progress(min(done[0], total), total)
+
+    return tick
+
+
+def _healthy_stats(pool: _Pool) -> dict:
+    return {"median_error": _quantiles(pool.med), "peak": _quantiles(pool.peaks),
+            "statistics": "per healthy slice: the median of the filtered map over its "
+                          "foreground, and its peak (99.9th percentile)"}
+
+
+def _provenance(detector, val_split, run: dict, n_steps: int, min_size: int, n_healthy: int,
+                n_pixels: int, source_root: str | Path | None, t0: float) -> dict:
+    """The calibration's recorded source: data, geometry, run settings and model."""
+    meta = dict(getattr(val_split, "meta", {}) or {})
+    return {"data": meta.get("dataset"), "split": "val", "n_slices": len(val_split),
+            "n_healthy_slices": n_healthy, "n_pixels": n_pixels,
+            "geometry": ("deployment: the raw inputs of the split, run as berdiff detect runs them"
+                         if source_root is not None else
+                         "model resolution: the prepared slices"),
+            "raw_data": None if source_root is None else str(Path(source_root).resolve()),
+            "L": run["L"], "P": run["P"], "steps": n_steps, "seed": run["seed"],
+            "median_size": run["median_size"], "min_size": int(min_size),
+            "model": (getattr(detector, "meta", {}) or {}).get("name"),
+            "model_hash": getattr(detector, "model_hash", None),
+            "device": str(getattr(detector, "device", "")),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
