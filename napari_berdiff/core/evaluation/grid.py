@@ -24,18 +24,13 @@ def grid_sweep(detector, split, Ls: Sequence[int], Ps: Sequence[float], *, steps
     "slices": {...}}``. A cell: L, P, paper Dice and AUPRC (mean, std over diseased pixel-labelled
     slices), image AUROC of the masked fraction and its median on healthy/diseased slices.
     ``slices`` holds per-slice masked fractions ``(len(Ls), len(Ps), N)`` and Dice values."""
-    from ..diffusion.schedule import step_grid
-
     Ls, Ps = [int(v) for v in Ls], [float(v) for v in Ps]
     N = len(split)
     healthy = np.asarray(split.healthy, bool)
     scored = ~healthy & pixel_labelled(split)
     per = max(1, batch_size // len(Ps))
     chunk = int(chunk_size or 4 * per)
-    total = 0
-    for L in Ls:
-        S = len(step_grid(L, None if steps is None else min(steps, L))) - 1
-        total += sum(n_ticks(min(chunk, N - a), len(Ps), batch_size, S) for a in range(0, N, chunk))
+    total = _total_ticks(Ls, len(Ps), N, chunk, steps, batch_size)
     done = [0]
 
     def tick(_):
@@ -63,6 +58,27 @@ def grid_sweep(detector, split, Ls: Sequence[int], Ps: Sequence[float], *, steps
                     r = paper_slice_metrics(x[i], res.reconstruction[k, i], labels[i],
                                             median_size=median_size, min_size=min_size)
                     dice[li, k, a + i], auprc[li, k, a + i] = r["dice"], r["auprc"]
+    cells = _cells(Ls, Ps, frac, dice, auprc, healthy, scored)
+    return {"Ls": Ls, "Ps": Ps, "steps": steps, "seed": int(seed), "min_size": int(min_size),
+            "cells": cells, "slices": {"masked_fraction": frac, "dice": dice,
+                                       "healthy": healthy, "case_id": np.asarray(split.case_id),
+                                       "slice_index": np.asarray(split.slice_index)}}
+
+
+def _total_ticks(Ls: list[int], n_p: int, N: int, chunk: int, steps: int | None,
+                 batch_size: int) -> int:
+    """The progress ticks of the whole grid: sampler steps of every batch at every L."""
+    from ..diffusion.schedule import step_grid
+
+    total = 0
+    for L in Ls:
+        S = len(step_grid(L, None if steps is None else min(steps, L))) - 1
+        total += sum(n_ticks(min(chunk, N - a), n_p, batch_size, S) for a in range(0, N, chunk))
+    return total
+
+
+def _cells(Ls, Ps, frac, dice, auprc, healthy, scored) -> list[dict[str, Any]]:
+    """One summary row per (L, P) from the per-slice arrays."""
     cells = []
     for li, L in enumerate(Ls):
         for k, P in enumerate(Ps):
@@ -75,7 +91,4 @@ def grid_sweep(detector, split, Ls: Sequence[int], Ps: Sequence[float], *, steps
                           if healthy.any() else float("nan"),
                           "fraction_diseased_median": float(np.median(f[~healthy]))
                           if (~healthy).any() else float("nan")})
-    return {"Ls": Ls, "Ps": Ps, "steps": steps, "seed": int(seed), "min_size": int(min_size),
-            "cells": cells, "slices": {"masked_fraction": frac, "dice": dice,
-                                       "healthy": healthy, "case_id": np.asarray(split.case_id),
-                                       "slice_index": np.asarray(split.slice_index)}}
+    return cells
