@@ -89,8 +89,6 @@ def _plots(res: dict, files: dict, box_L: int) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    import numpy as np
-
     from ..core.io.atomic import AtomicFiles
     from ..core.io.outputs import check_outputs
     from . import CLIError
@@ -123,22 +121,7 @@ def run(args) -> int:
                          progress=bar.update_to)
     finally:
         bar.close()
-    cols = list(res["cells"][0])
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    w.writerows(to_jsonable(res["cells"]))
     sl = res["slices"]
-    buf2 = io.StringIO()
-    w2 = csv.writer(buf2, lineterminator="\n")
-    w2.writerow(["L", "P", "case_id", "slice_index", "healthy", "masked_fraction", "dice"])
-    for li, L in enumerate(Ls):
-        for k, P in enumerate(Ps):
-            for i in range(len(sl["healthy"])):
-                d = sl["dice"][li, k, i]
-                w2.writerow([L, P, sl["case_id"][i], int(sl["slice_index"][i]),
-                             bool(sl["healthy"][i]), float(sl["masked_fraction"][li, k, i]),
-                             "" if not np.isfinite(d) else float(d)])
     info = {k: v for k, v in res.items() if k != "slices"} | {
         "box_L": box_L, "prepared": str(args.prepared), "n_slices": len(sl["healthy"]),
         "checkpoint": str(args.model or f"bundled:{args.bundled}"), "command": " ".join(sys.argv),
@@ -146,15 +129,48 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with AtomicFiles() as af:
         tmp = {name: af.temp(path) for name, path in files.items()}
-        tmp["grid.csv"].write_text(buf.getvalue())
-        tmp["grid_slices.csv"].write_text(buf2.getvalue())
+        tmp["grid.csv"].write_text(_cells_csv(res["cells"], to_jsonable))
+        tmp["grid_slices.csv"].write_text(_slices_csv(sl, Ls, Ps))
         tmp["grid.json"].write_text(json.dumps(to_jsonable(info), indent=2) + "\n")
         _plots(res, tmp, box_L)
+    _print_table(res["cells"], Ls, Ps)
+    print("outputs: " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+def _cells_csv(cells: list[dict], to_jsonable) -> str:
+    """``grid.csv``: one row per (L, P) cell."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(cells[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(to_jsonable(cells))
+    return buf.getvalue()
+
+
+def _slices_csv(sl: dict, Ls: list[int], Ps: list[float]) -> str:
+    """``grid_slices.csv``: the masked fraction and Dice of every slice at every (L, P)."""
+    import numpy as np
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["L", "P", "case_id", "slice_index", "healthy", "masked_fraction", "dice"])
+    for li, L in enumerate(Ls):
+        for k, P in enumerate(Ps):
+            for i in range(len(sl["healthy"])):
+                d = sl["dice"][li, k, i]
+                w.writerow([L, P, sl["case_id"][i], int(sl["slice_index"][i]),
+                            bool(sl["healthy"][i]), float(sl["masked_fraction"][li, k, i]),
+                            "" if not np.isfinite(d) else float(d)])
+    return buf.getvalue()
+
+
+def _print_table(cells: list[dict], Ls: list[int], Ps: list[float]) -> None:
+    """The Dice grid as a Markdown table on stdout."""
+    import numpy as np
+
     print("| L \\ P | " + " | ".join(f"{p:g}" for p in Ps) + " |")
     print("|---|" + "---|" * len(Ps))
     for L in Ls:
-        cells = [c for c in res["cells"] if c["L"] == L]
+        row = [c for c in cells if c["L"] == L]
         print(f"| {L} | " + " | ".join("n/a" if not np.isfinite(c["dice"]) else f"{c['dice']:.3f}"
-                                      for c in cells) + " |")
-    print("outputs: " + ", ".join(str(p) for p in files.values()))
-    return 0
+                                      for c in row) + " |")
