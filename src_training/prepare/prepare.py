@@ -110,43 +110,53 @@ def prepare_brats(src_root: str | Path, out_dir: str | Path, *,
             if isinstance(res, DataError):
                 skip_or_raise(skipped, cid, res, skip_bad)
                 continue
-            s = which[cid]
             shapes.add(tuple(res["in_plane_shape"]))
             transform = transform or res["transform"]
-            extra[s]["cases"] += 1
-            if s == "train":
-                keep = res["healthy"]
-                extra[s]["diseased_left_out"] += int((~keep).sum())
-                writers[s].add(res["images"][keep], case_id=cid, healthy=True,
-                               slice_index=res["slice_index"][keep], source=cid)
-            else:
-                raw = res["raw_labels"]
-                writers[s].add(res["images"], labels=raw > 0, raw_labels=raw, case_id=cid,
-                               slice_index=res["slice_index"], healthy=res["healthy"],
-                               source=cid)
+            _add_brats_case(writers, which[cid], cid, res, extra)
         bad = {d["case"] for d in skipped}
         split_info = {"dataset": "brats", "seed": int(seed), "fractions": list(split),
                       **{s: [c for c in lst if c not in bad] for s, lst in splits.items()},
                       "skipped": skipped, "params": params,
                       "source": str(Path(src_root).resolve())}
-        meta = {"dataset": "brats", "channels": list(BRATS_MODALITIES),
-                "image_size": int(image_size), "source": str(Path(src_root).resolve()),
-                "normalisation": {"method": "percentile_clip_nonzero", "low": float(low),
-                                  "high": float(high), "doc": NORMALISATION_DOC},
-                "geometry": {"slice_axis": 2, "voxel_order": "RAS (core.io.orientation.to_canonical)",
-                             "slice_range": "drop_bottom : Z - drop_top",
-                             "drop_bottom": int(drop_bottom), "drop_top": int(drop_top),
-                             "in_plane_shapes": sorted(list(s) for s in shapes),
-                             "transform": transform,
-                             "rule": "zero-pad centred when it fits, else pad to square "
-                                     "then resize (labels nearest)"},
-                "labels": {"binary": "seg > 0 (whole tumour)", "raw": _RAW_LABELS_DOC,
-                           "healthy": "slice label all zero"},
-                "split": {"seed": int(seed), "fractions": list(split), "by": "patient"},
-                "skipped": skipped}
+        meta = _brats_meta(src_root, params, shapes, transform, seed, split, skipped)
         meta = finish(tmp, writers, meta, split_info, extra)
     meta["out_dir"] = str(out)
     return meta
+
+
+def _add_brats_case(writers, s: str, cid: str, res: dict, extra: dict) -> None:
+    """Write one prepared case to its split: training keeps its healthy slices only."""
+    extra[s]["cases"] += 1
+    if s == "train":
+        keep = res["healthy"]
+        extra[s]["diseased_left_out"] += int((~keep).sum())
+        writers[s].add(res["images"][keep], case_id=cid, healthy=True,
+                       slice_index=res["slice_index"][keep], source=cid)
+    else:
+        raw = res["raw_labels"]
+        writers[s].add(res["images"], labels=raw > 0, raw_labels=raw, case_id=cid,
+                       slice_index=res["slice_index"], healthy=res["healthy"],
+                       source=cid)
+
+
+def _brats_meta(src_root, params: dict, shapes: set, transform, seed: int,
+                split: Sequence[float], skipped: list[dict]) -> dict[str, Any]:
+    """meta.json of a prepared BraTS directory (before :func:`finish` adds the counts)."""
+    return {"dataset": "brats", "channels": list(BRATS_MODALITIES),
+            "image_size": params["image_size"], "source": str(Path(src_root).resolve()),
+            "normalisation": {"method": "percentile_clip_nonzero", "low": params["low"],
+                              "high": params["high"], "doc": NORMALISATION_DOC},
+            "geometry": {"slice_axis": 2, "voxel_order": "RAS (core.io.orientation.to_canonical)",
+                         "slice_range": "drop_bottom : Z - drop_top",
+                         "drop_bottom": params["drop_bottom"], "drop_top": params["drop_top"],
+                         "in_plane_shapes": sorted(list(s) for s in shapes),
+                         "transform": transform,
+                         "rule": "zero-pad centred when it fits, else pad to square "
+                                 "then resize (labels nearest)"},
+            "labels": {"binary": "seg > 0 (whole tumour)", "raw": _RAW_LABELS_DOC,
+                       "healthy": "slice label all zero"},
+            "split": {"seed": int(seed), "fractions": list(split), "by": "patient"},
+            "skipped": skipped}
 
 
 def _folder_job(args: tuple) -> Any:
@@ -198,11 +208,7 @@ def prepare_folder(src_root: str | Path, out_dir: str | Path, *, image_size: int
     out = Path(out_dir)
     check_can_write(out, overwrite)
     root = Path(src_root)
-    if not root.is_dir():
-        raise DataError(root, f"source folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and (is_nifti(p) or is_image(p)))
-    if not files:
-        raise DataError(root, f"no NIfTI or image files under {root}")
+    files = _source_files(root)
     rel = [str(p.relative_to(root)) for p in files]
     val, _ = split_by_group(rel, rel, val_fraction, np.random.default_rng(seed))
     val = set(val)
@@ -232,17 +238,35 @@ def prepare_folder(src_root: str | Path, out_dir: str | Path, *, image_size: int
                       "train": [r for r in rel if r not in val and r not in bad],
                       "val": [r for r in rel if r in val and r not in bad], "test": [],
                       "skipped": skipped, "params": params, "source": str(root.resolve())}
-        meta = {"dataset": "folder", "channels": [f"c{i}" for i in range(channels)]
-                if channels > 1 else ["image"], "image_size": int(image_size),
-                "source": str(root.resolve()),
-                "normalisation": {"method": "percentile_clip_nonzero (NIfTI); bit depth "
-                                            "(images)", "low": float(low), "high": float(high),
-                                  "doc": NORMALISATION_DOC, "images": IMAGE_SCALING_DOC},
-                "geometry": {"slice_axis": 2, "voxel_order": "RAS (NIfTI; core.io.orientation.to_canonical)",
-                             "drop_bottom": int(drop_bottom),
-                             "drop_top": int(drop_top), "keep_aspect": bool(keep_aspect),
-                             "transforms": list(transforms.values())[:20]},
-                "skipped": skipped}
+        meta = _folder_meta(root, params, transforms, skipped)
         meta = finish(tmp, writers, meta, split_info)
     meta["out_dir"] = str(out)
     return meta
+
+
+def _source_files(root: Path) -> list[Path]:
+    """The NIfTI and image files under ``root``, sorted; DataError when there are none."""
+    if not root.is_dir():
+        raise DataError(root, f"source folder not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and (is_nifti(p) or is_image(p)))
+    if not files:
+        raise DataError(root, f"no NIfTI or image files under {root}")
+    return files
+
+
+def _folder_meta(root: Path, params: dict, transforms: dict, skipped: list[dict]
+                 ) -> dict[str, Any]:
+    """meta.json of a prepared folder (before :func:`finish` adds the counts)."""
+    channels = params["channels"]
+    return {"dataset": "folder", "channels": [f"c{i}" for i in range(channels)]
+            if channels > 1 else ["image"], "image_size": params["image_size"],
+            "source": str(root.resolve()),
+            "normalisation": {"method": "percentile_clip_nonzero (NIfTI); bit depth "
+                                        "(images)", "low": params["low"], "high": params["high"],
+                              "doc": NORMALISATION_DOC, "images": IMAGE_SCALING_DOC},
+            "geometry": {"slice_axis": 2,
+                         "voxel_order": "RAS (NIfTI; core.io.orientation.to_canonical)",
+                         "drop_bottom": params["drop_bottom"],
+                         "drop_top": params["drop_top"], "keep_aspect": params["keep_aspect"],
+                         "transforms": list(transforms.values())[:20]},
+            "skipped": skipped}
