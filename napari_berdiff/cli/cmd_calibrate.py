@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..core.inference.settings import DEFAULT_FPR, DEFAULTS
+from ..core.inference.settings import DEFAULT_FPR, DEFAULTS, POST
 from . import model_args
 
 
@@ -43,7 +43,7 @@ def register(sub) -> None:
                         "thresholds are on the scale of detect's maps (full resolution); "
                         "prepared: the prepared slices at the model's size (quicker, but not on "
                         "that scale); auto (default): raw when the source folder exists")
-    p.add_argument("--min-size", type=int, default=10,
+    p.add_argument("--min-size", type=int, default=POST.min_size,
                    help="components smaller than this are removed (Dice-optimal threshold)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     model_args.add_speed_args(p)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..core.inference.settings import DEFAULTS
+
 
 def register(sub) -> None:
     p = sub.add_parser("diagnose", help="diagnose a model: autoencoder PSNR (ae), the U-Net on "
@@ -23,7 +25,7 @@ def register(sub) -> None:
                                            "(pairs with healthy twins)"))
 
 
-def _common(p: argparse.ArgumentParser, seed: int = 0, threads: int | None = None,
+def _common(p: argparse.ArgumentParser, seed: int = DEFAULTS.seed, threads: int | None = None,
             seed_help: str | None = None) -> None:
     p.add_argument("--seed", type=int, default=seed, help=seed_help)
     p.add_argument("--threads", type=int, default=threads)
@@ -48,7 +50,7 @@ def _split_args(p: argparse.ArgumentParser, max_slices: int, batch: int) -> None
     p.add_argument("--split", default="test", choices=("val", "test"))
     p.add_argument("--max-slices", type=int, default=max_slices,
                    help="diseased slices, evenly spaced")
-    p.add_argument("--P", type=float, default=0.5, help="mask threshold")
+    p.add_argument("--P", type=float, default=DEFAULTS.P, help="mask threshold")
     p.add_argument("--batch", type=int, default=batch)
     _common(p)
 
@@ -61,8 +63,8 @@ def _unet(p: argparse.ArgumentParser) -> None:
 
 def _oracle(p: argparse.ArgumentParser) -> None:
     _split_args(p, max_slices=40, batch=8)
-    p.add_argument("--L", type=int, default=200)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--L", type=int, default=DEFAULTS.L)
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps)
     p.add_argument("--dilate", type=int, default=1, help="grow the oracle mask by N latent cells")
     p.set_defaults(func=run_oracle)
 
@@ -75,9 +77,9 @@ def _paired(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", type=int, default=8, help="subjects (BraTS) or B-scans (OCT) (8)")
     p.add_argument("--per-subject", type=int, default=5, help="BraTS slices per subject (5)")
     p.add_argument("--t", type=int, nargs="+", default=[50, 200])
-    p.add_argument("--L", type=int, default=200)
+    p.add_argument("--L", type=int, default=DEFAULTS.L)
     p.add_argument("--P", type=float, nargs="+", default=[0.3, 0.5])
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps)
     _common(p, seed=24680, threads=1, seed_help="held-out seeds (default 24680)")
     p.set_defaults(func=run_paired)
     p.add_argument("--pairs-cache", default=None, metavar="NPZ",

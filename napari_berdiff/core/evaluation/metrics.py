@@ -100,7 +100,8 @@ class DiceSweep:
     """Pooled Dice at each threshold of a grid, accumulated slice stack by slice stack
     (``map > threshold``, then components smaller than ``min_size`` removed, per slice)."""
 
-    def __init__(self, thresholds: Sequence[float], min_size: int = 0, connectivity: int = 2):
+    def __init__(self, thresholds: Sequence[float], min_size: int = 0,
+                 connectivity: int = POST.connectivity):
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
         self.min_size, self.connectivity = int(min_size), connectivity
         self.inter = np.zeros(len(self.thresholds), np.int64)
@@ -142,7 +143,7 @@ class DiceSweep:
 
 
 def best_threshold(maps: np.ndarray, labels: np.ndarray, thresholds: Sequence[float] | None = None,
-                   *, min_size: int = 0, connectivity: int = 2,
+                   *, min_size: int = 0, connectivity: int = POST.connectivity,
                    valid: np.ndarray | None = None) -> tuple[float, float]:
     """The threshold of a grid maximising the pooled Dice of ``maps > t`` against ``labels``
     (stacks ``(N, H, W)``), for choosing a threshold on a validation split. The default grid is

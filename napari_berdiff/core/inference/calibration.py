@@ -264,7 +264,8 @@ class ThresholdRule:
     fpr: float | None = None
     note: str | None = None
 
-    def apply(self, amap: np.ndarray, min_size: int = 10, connectivity: int = 2,
+    def apply(self, amap: np.ndarray, min_size: int = POST.min_size,
+              connectivity: int = POST.connectivity,
               within: np.ndarray | None = None) -> np.ndarray:
         """Segment ``(H, W)`` or ``(N, H, W)`` filtered maps (bool, components < ``min_size``
         removed per slice). ``within``: the foreground (:func:`foreground`) the absolute rules

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .postprocess import paper_anomaly_map, remove_small_components
+from .settings import POST
 
 __all__ = ["PEAK_PERCENTILE", "RANK_BY", "slice_scores", "input_scores", "triage_input",
            "rank_inputs", "summary_csv", "KeptMaps", "SCORE_NAMES", "SUMMARY_COLUMNS"]
@@ -53,8 +54,8 @@ def peak(amap: np.ndarray) -> np.ndarray:
 
 
 def slice_scores(amap: np.ndarray, masked_fraction: Sequence[float], fg: np.ndarray,
-                 calibrated: float | None, min_size: int = 10,
-                 connectivity: int = 2) -> dict[str, np.ndarray]:
+                 calibrated: float | None, min_size: int = POST.min_size,
+                 connectivity: int = POST.connectivity) -> dict[str, np.ndarray]:
     """Per-slice scores of filtered maps ``amap`` (N, H, W): ``masked_fraction``, ``area``
     (pixels above ``calibrated`` after small-component removal; NaN without a threshold),
     ``peak`` and ``foreground`` (pixels of ``fg``, the foreground masks)."""
@@ -91,7 +92,8 @@ def input_scores(per_slice: dict[str, np.ndarray], slice_numbers: Sequence[int],
 
 def triage_input(amap: np.ndarray, x: np.ndarray, masked_fraction: Sequence[float],
                  slice_numbers: Sequence[int], skipped: Sequence[int] = (), calibration=None,
-                 min_size: int = 10, connectivity: int = 2) -> tuple[dict, dict]:
+                 min_size: int = POST.min_size,
+                 connectivity: int = POST.connectivity) -> tuple[dict, dict]:
     """``(per_slice, per_input)`` scores of one input: filtered maps ``amap`` (N, H, W) of the
     normalised inputs ``x`` (N, C, H, W) numbered ``slice_numbers`` (``skipped``: those the
     sampler skipped as empty). With a :class:`~.calibration.Calibration`, ``area`` counts pixels
@@ -154,8 +156,9 @@ class KeptMaps:
     foreground masks that :meth:`segment` is restricted to, as ``berdiff detect``'s absolute rules
     are (:func:`~.calibration.foreground`)."""
 
-    def __init__(self, x: np.ndarray, rec: np.ndarray, *, median_size: int = 5,
-                 min_size: int = 10, connectivity: int = 2, calibration=None,
+    def __init__(self, x: np.ndarray, rec: np.ndarray, *, median_size: int = POST.median_size,
+                 min_size: int = POST.min_size, connectivity: int = POST.connectivity,
+                 calibration=None,
                  maps: np.ndarray | None = None, within: np.ndarray | None = None):
         self.x, self.rec = np.asarray(x), np.asarray(rec)
         if self.x.shape != self.rec.shape or self.x.ndim != 4:

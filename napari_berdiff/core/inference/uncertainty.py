@@ -29,6 +29,7 @@ import numpy as np
 
 from .detector import Detector
 from .result import DetectionResult, Progress
+from .settings import DEFAULTS
 from .volume import normalize_stack, resolve_normalize
 from ..diffusion.sampler import drive
 
@@ -45,8 +46,9 @@ class SampledResult(DetectionResult):
     samples: int = 1
 
 
-def iter_detect_samples(detector, images, samples: int, *, P=0.5, seed: int = 0, indices=None,
-                        normalize: str = "auto", batch_size="auto", keep_mask_history=False,
+def iter_detect_samples(detector, images, samples: int, *, P=DEFAULTS.P,
+                        seed: int = DEFAULTS.seed, indices=None, normalize: str = "auto",
+                        batch_size="auto", keep_mask_history=False,
                         **kwargs) -> Generator[Progress, None, SampledResult]:
     """Like :meth:`~.detector.Detector.iter_detect` with ``samples`` reconstructions per slice
     (other keywords are passed on); yields progress over all chunks, returns a SampledResult."""
