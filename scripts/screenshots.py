@@ -4,7 +4,8 @@
     .venv/bin/python scripts/screenshots.py --random-models # no bundled model yet: random "small" ones
 
 Each scene is what ``berdiff demo`` opens, run with the widget's defaults: ``brats_widget.png``,
-``brats_mask_evolution.png`` and ``oct_side_by_side.png``.
+``brats_mask_evolution.png``, ``oct_side_by_side.png``, and the P-slider pair
+``brats_P0.3.png`` / ``brats_P0.9.png`` (the same run's segmentation at two thresholds P).
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ def main(argv=None) -> int:
     ap.add_argument("--oct-checkpoint", default=None)
     ap.add_argument("--quick", action="store_true", help="the 40-slice BraTS-like case")
     ap.add_argument("--half-width", type=int, default=5, help="slices each side of the tumour centre")
+    ap.add_argument("--p-pair", type=float, nargs=2, default=(0.3, 0.9), metavar=("P1", "P2"),
+                    help="the P slider positions of the pair brats_P<P1>.png / brats_P<P2>.png "
+                         "(both in the widget's sweep: the slider swaps results, no new run)")
     args = ap.parse_args(argv)
     ensure_display()
 
@@ -117,6 +121,18 @@ def main(argv=None) -> int:
         viewer.layers.selection.active = viewer.layers[f"{base} anomaly map"]
     settle(app)
     viewer.screenshot(str(out / "brats_widget.png"), canvas_only=False, flash=False)
+    if base:  # the P slider pair: the same run, the segmentation at two thresholds P
+        viewer.layers[f"{base} anomaly map"].visible = False
+        seg = viewer.layers[f"{base} segmentation"]
+        cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9
+        seg.visible, contour, zoom = True, seg.contour, cam.zoom
+        seg.contour, cam.zoom = 0, zoom * 2.5  # filled, and the brain fills the canvas
+        for P in args.p_pair:
+            w.c.P.value = P
+            settle(app)
+            viewer.screenshot(str(out / f"brats_P{P:g}.png"), canvas_only=True, flash=False)
+        seg.contour, cam.zoom = contour, zoom
+        viewer.layers[f"{base} anomaly map"].visible = True
     if base:
         for name in ("anomaly map", "segmentation"):
             viewer.layers[f"{base} {name}"].visible = False
