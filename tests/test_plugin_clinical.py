@@ -144,3 +144,58 @@ def test_an_oct_volume_opens_with_localizer_and_annotations_and_runs_like_detect
     assert theirs.shape == (512, 496, 3) and theirs.max() > 0
     np.testing.assert_allclose(np.transpose(theirs, (2, 1, 0)), rec.data, atol=1e-5)
 
+
+
+class _Click:
+    """A mouse event as napari hands it to a layer's drag callback (world position, type)."""
+
+    def __init__(self, position):
+        self.position, self.type = tuple(position), "mouse_press"
+
+
+def _click(layer, position, drag=False):
+    """Run the layer's B-scan jump callback through press, (move,) release."""
+    (cb,) = [cb for cb in layer.mouse_drag_callbacks if getattr(cb, "_berdiff_bscan_jump", 0)]
+    ev = _Click(position)
+    gen = cb(layer, ev)
+    next(gen)
+    if drag:
+        ev.type = "mouse_move"
+        next(gen)
+    ev.type = "mouse_release"
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_clicking_a_b_scan_line_on_the_localizer_jumps_to_that_b_scan(make_napari_viewer,
+                                                                      tmp_path):
+    from _oct_helpers import SPACING, bscans, write_heyex_xml
+
+    imgs, _, lines = bscans(6)
+    write_heyex_xml(tmp_path / "export", imgs, lines)
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(tmp_path / "export"), plugin="napari-berdiff")
+    names = {ly.name: ly for ly in layers}
+    loc, pos, vol = names["export localizer"], names["export B-scan positions"], names["export"]
+    assert vol.data.shape[0] == 6
+    viewer.dims.set_point(0, 0.0)
+    assert viewer.dims.current_step[0] == 0
+
+    def world_near(k, drow=0.0):
+        """A world point 30% along line k, ``drow`` localizer pixels off it."""
+        (r0, c0), (r1, c1) = np.asarray(pos.data[k])[:, -2:]
+        p = (r0 + 0.3 * (r1 - r0) + drow, c0 + 0.3 * (c1 - c0))
+        return (viewer.dims.point[0], *pos.data_to_world(p))
+
+    _click(pos, world_near(4, drow=1.5))
+    assert viewer.dims.current_step[0] == 4
+    np.testing.assert_allclose(viewer.dims.point[0], 4 * SPACING[0])
+    _click(loc, world_near(1))  # the localizer's own click too
+    assert viewer.dims.current_step[0] == 1
+    _click(pos, world_near(3), drag=True)  # a drag (panning) does not jump
+    assert viewer.dims.current_step[0] == 1
+    _click(pos, world_near(0, drow=200.0))  # far from every line: stays
+    assert viewer.dims.current_step[0] == 1
+    # the lines run bottom (B-scan 0) to top: B-scan k's line is the k-th from the bottom
+    rows = [np.asarray(d)[0, -2] for d in pos.data]
+    assert rows == sorted(rows, reverse=True)

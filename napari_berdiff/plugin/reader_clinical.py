@@ -9,7 +9,8 @@ The arrays come from the same core readers ``berdiff detect`` uses (:mod:`..core
   T2) and ``case`` = the folder, so that a 4-channel model picks the four series by itself;
   series that are not volumes are skipped with one warning naming them;
 * an OCT volume -> the localizer (fundus) image and the B-scan positions on it (a shapes layer
-  with each line's B-scan number; both hidden at first: they live in the en-face plane), the
+  with each line's B-scan number; both hidden at first: they live in the en-face plane; with
+  either selected, clicking a line moves the B-scan slider there: :mod:`.bscan_jump`), the
   B-scans as one ``(B-scan, depth, A-scan)`` layer scaled in mm, then its layer segmentations
   (boundary lines, one label per boundary) and pixel annotations (e.g. drusen) as Labels.
 """
@@ -99,6 +100,9 @@ def read_oct_volume_layers(path: str | Path) -> list[LayerData]:
                     "label": [str(k) if k % 10 == 0 or k == n - 1 else "" for k in range(n)]},
                 "text": {"string": "{label}", "size": 8, "color": "yellow"},
                 "metadata": dict(loc_meta, bscan_lines=True), **loc_geom}, "shapes"))
+        from .bscan_jump import attach_current_viewer
+
+        attach_current_viewer()  # a click on a line (or the localizer) jumps to that B-scan
     out.append((ov.data, {"name": stem, "colormap": "gray", "contrast_limits": (0.0, 1.0),
                           "metadata": base, **geom}, "image"))
     if ov.layers:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QWidget
 
+from .bscan_jump import attach as attach_bscan_jump
 from .dock import Dock
 from .input_chooser import InputChooser
 from .inputs import InputError
@@ -67,6 +68,7 @@ class BerdiffWidget(QWidget):
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self._live_run)
         self._connect()
+        attach_bscan_jump(napari_viewer)  # OCT localizers opened before the widget too
         self.model.pick_for_layers()
         if str(defaults.get("checkpoint") or "").strip():
             self.set_checkpoint(str(defaults["checkpoint"]).strip())
