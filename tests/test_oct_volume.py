@@ -84,6 +84,51 @@ def test_detect_runs_each_bscan_as_the_image_alone_would(ckpt1, scans, tmp_path,
     assert prov["orientation"]["model_voxel_order"] == "depth, A-scan, B-scan"
     assert prov["input_info"]["n_bscans"] == N and prov["input_info"]["reader"] == "eyepy xml"
     np.testing.assert_allclose(prov["input_info"]["spacing"], SPACING, rtol=1e-6)
+    # no pixel annotation in an XML export (its layer lines are boundaries): no reference figures
+    assert not (out / "eye1_berdiff_reference.json").exists()
+    assert "reference" not in prov["outputs"]
+    assert "against its annotation" not in capsys.readouterr().out
+
+
+def _as_bscans(path):
+    """A written (A-scan, depth, B-scan) NIfTI output as (B-scan, depth, A-scan)."""
+    return np.transpose(np.asarray(nib.load(str(path)).dataobj), (2, 1, 0))
+
+
+def test_detect_writes_figures_against_the_files_drusen_annotation(ckpt1, scans, tmp_path, capsys):
+    from napari_berdiff.core.evaluation.reference import reference_figures, reference_line
+
+    imgs, masks, lines = scans
+    masks = masks.copy()
+    masks[1] = False  # one B-scan without drusen: it does not count for the paper figures
+    eye_volume(imgs, masks, lines).save(tmp_path / "scan.eye")
+    out = tmp_path / "out"
+    rc = main(["detect", str(tmp_path / "scan.eye"), "--model", str(ckpt1), "--out", str(out),
+               *FAST])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    rep = json.loads((out / "scan_berdiff_reference.json").read_text())
+    # the same figures from the written outputs, computed here
+    expect = reference_figures(_as_bscans(out / "scan_berdiff_anomaly.nii.gz"),
+                               _as_bscans(out / "scan_berdiff_mask.nii.gz"), masks)
+    got = rep["figures"]["drusen"]
+    assert list(rep["figures"]) == ["drusen"] and rep["b_scans_run"] == N
+    assert got["slices_with_annotation"] == expect["slices_with_annotation"] == N - 1
+    for key in ("dice", "auprc"):
+        assert got[key]["n"] == expect[key]["n"]
+        for stat in ("mean", "std"):
+            assert got[key][stat] == pytest.approx(expect[key][stat], abs=1e-6)
+        assert got[f"{key}_pooled"] == pytest.approx(expect[f"{key}_pooled"], abs=1e-6)
+    assert 0.0 < got["auprc_pooled"] <= 1.0
+    line = reference_line({"drusen": expect})
+    assert f"against its annotation: {line}" in printed.out
+    assert "3 annotated B-scans" in line
+    prov = json.loads((out / "scan_berdiff_provenance.json").read_text())
+    assert prov["outputs"]["reference"] == "scan_berdiff_reference.json"
+    # a second run refuses to replace it, as every other output
+    rc = main(["detect", str(tmp_path / "scan.eye"), "--model", str(ckpt1), "--out", str(out),
+               *FAST])
+    assert rc == 2 and "already exist" in capsys.readouterr().err
 
 
 def _fails(ckpt, path, out, capsys, *extra):
@@ -157,24 +202,32 @@ def test_without_eyepy_one_line_says_how_to_install(scans, tmp_path, monkeypatch
         load_oct_volume(tmp_path / "ex")
 
 
-def test_figures_against_the_files_drusen_annotation(ckpt1, scans, tmp_path, capsys):
-    from napari_berdiff.core.evaluation.reference import reference_figures
-    from napari_berdiff.core.io.oct_volume import oct_nifti_order
+def test_reference_figures_over_the_slices_a_run_covered(scans):
+    from napari_berdiff.core.evaluation.reference import (reference_figures, reference_line,
+                                                          reference_report)
 
-    imgs, masks, lines = scans
-    eye_volume(imgs, masks, lines).save(tmp_path / "scan.eye")
-    out = tmp_path / "out"
-    assert main(["detect", str(tmp_path / "scan.eye"), "--model", str(ckpt1), "--out", str(out),
-                 *FAST]) == 0, capsys.readouterr().err
-    ref = load_oct_volume(tmp_path / "scan.eye").maps["drusen"]
-    amap, seg = (oct_nifti_order(np.asarray(nib.load(str(out / f"scan_berdiff_{k}.nii.gz")).dataobj))
-                 for k in ("anomaly", "mask"))
-    assert amap.shape == seg.shape == ref.shape == imgs.shape
-    fig = reference_figures(amap, seg, ref)
-    n = int(sum(m.any() for m in masks))
-    assert fig["slices_with_annotation"] == n == fig["dice"]["n"] == fig["auprc"]["n"] > 0
-    assert 0.0 <= fig["dice"]["mean"] <= 1.0 and 0.0 < fig["auprc_pooled"] < 1.0
+    _, masks, _ = scans
+    ref = masks.copy()
+    ref[2] = False
     perfect = reference_figures(ref.astype(float), ref, ref)
     assert perfect["dice"]["mean"] == 1.0 and perfect["auprc_pooled"] == 1.0
+    assert perfect["slices_with_annotation"] == N - 1 == perfect["dice"]["n"]
     worst = reference_figures(1.0 - ref, ~ref, ref)
-    assert worst["dice"]["mean"] == 0.0 and worst["auprc_pooled"] < fig["auprc_pooled"]
+    assert worst["dice"]["mean"] == 0.0 and worst["auprc_pooled"] < 0.5
+    # a run over B-scans 1 and 2 only: the annotation's slices 1 and 2 are compared
+    rng = np.random.default_rng(0)
+    amap = rng.random((2,) + ref.shape[1:]) + ref[1:3]
+    seg = ref[1:3].copy()
+    seg[0, :, :40] = True
+    rep = reference_report({"drusen": ref}, amap, seg, [1, 2])
+    assert rep == {"drusen": reference_figures(amap, seg, ref[1:3])}
+    assert rep["drusen"]["slices_with_annotation"] == 1  # B-scan 2 holds none
+    assert 0.0 < rep["drusen"]["dice"]["mean"] < 1.0
+    line = reference_line(rep)
+    d = rep["drusen"]["dice"]["mean"]
+    assert line.startswith(f"drusen: Dice {d:.3f} +- 0.000 (paper, 1 annotated B-scan), ")
+    none = reference_line({"drusen": reference_figures(amap, seg, np.zeros_like(seg))})
+    # no annotated pixel: the paper figures and AUPRC are undefined, the pooled Dice of a
+    # non-empty segmentation is 0
+    assert none == ("drusen: Dice n/a +- n/a (paper, 0 annotated B-scans), 0.000 pooled; "
+                    "AUPRC n/a +- n/a, n/a pooled")

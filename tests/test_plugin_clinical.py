@@ -143,6 +143,22 @@ def test_an_oct_volume_opens_with_localizer_and_annotations_and_runs_like_detect
     theirs = np.asarray(nib.load(str(out / "scan_berdiff_recon.nii.gz")).dataobj)
     assert theirs.shape == (512, 496, 3) and theirs.max() > 0
     np.testing.assert_allclose(np.transpose(theirs, (2, 1, 0)), rec.data, atol=1e-5)
+    # the figures against the file's drusen: the widget's equal those detect wrote
+    import json
+
+    from napari_berdiff.core.evaluation.reference import reference_line
+
+    written = json.loads((out / "scan_berdiff_reference.json").read_text())["figures"]
+    assert list(w.reference) == list(written) == ["drusen"]
+    mine, theirs = w.reference["drusen"], written["drusen"]
+    assert mine["slices_with_annotation"] == theirs["slices_with_annotation"] == int(
+        masks.any(axis=(1, 2)).sum())
+    for key in ("dice", "auprc"):
+        assert mine[key]["n"] == theirs[key]["n"]
+        assert mine[key]["mean"] == pytest.approx(theirs[key]["mean"], abs=1e-4)
+        assert mine[f"{key}_pooled"] == pytest.approx(theirs[f"{key}_pooled"], abs=1e-4)
+    assert w.c.status.value.endswith("Against the file's annotation: "
+                                     + reference_line(w.reference))
 
 
 

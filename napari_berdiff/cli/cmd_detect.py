@@ -6,7 +6,9 @@ recursively; the --out folder and earlier outputs are never taken for inputs). O
 (see :mod:`napari_berdiff.core.io.outputs`), named ``<stem>_berdiff_<kind>`` where ``<stem>`` mirrors
 the input's path below the folder argument it was found in (an input given directly: its name):
 anomaly map, segmentation mask and reconstruction (NIfTI with the source affine, or TIFF/PNG for
-2D images), a per-slice scores CSV and a provenance JSON.
+2D images), a per-slice scores CSV and a provenance JSON; for an OCT volume that carries pixel
+annotations (drusen), ``<stem>_berdiff_reference.json`` with the Dice and AUPRC against them
+(:mod:`napari_berdiff.core.evaluation.reference`), summed up in one printed line.
 
 Safety: settings wrong for every input (L, steps, min-size, slices syntax, --out a file) end the
 run with one line and exit status 2 before any input is read. Existing outputs are never replaced
@@ -281,6 +283,7 @@ def _run(args, done: list[int]) -> int:
 
 def _loop(args, detector, mine, settings, done: list[int], where) -> list[tuple[str, str]]:
     """Run every input of this process; returns the failed ones ``(path, reason)``."""
+    from ..core.evaluation.reference import reference_line, reference_report
     from ..core.inference.batch_detect import run_item
 
     rank, world, tag = where
@@ -297,7 +300,8 @@ def _loop(args, detector, mine, settings, done: list[int], where) -> list[tuple[
                                slices=args.slices, nan_policy=args.nan_policy,
                                all_slices=args.all_slices,
                                progress=lambda t, b=bar: b.update_to(t.done, t.total),
-                               extra={"rank": rank, "world_size": world})
+                               extra={"rank": rank, "world_size": world},
+                               reference=reference_report)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # one bad input must not stop the others
@@ -311,6 +315,9 @@ def _loop(args, detector, mine, settings, done: list[int], where) -> list[tuple[
         dest = os.path.join(args.out, summary["name"])
         print(f"{tag}{it.path} -> {dest}_berdiff_* ({summary['slices']} slice(s), "
               f"{summary['seg_pixels']} segmented pixels)")
+        if summary.get("reference"):  # an OCT volume with annotations: the figures against them
+            print(f"{tag}{it.path}: against its annotation: {reference_line(summary['reference'])}"
+                  f" ({dest}_berdiff_reference.json)")
         if summary["scores"].get("warning"):
             print(f"berdiff detect: {tag}warning: {it.path}: {summary['scores']['warning']}",
                   file=sys.stderr)

@@ -20,6 +20,7 @@ from .input_chooser import InputChooser
 from .inputs import InputError
 from .job_builder import build_job
 from .model_chooser import ModelChange, ModelChooser
+from .reference_view import reference_text, run_reference
 from .run import Job, Ready, RunContext, SegDone, segmentation_record
 from .runner import Runner
 from .score_plot import ScoreDock
@@ -59,6 +60,7 @@ class BerdiffWidget(QWidget):
         self._detector = (None, None)
         self._normalized = (None, None)
         self.outcome = None  # the shown run's DetectionResult (layer orientation)
+        self.reference: dict | None = None  # its figures against the input's annotations
         self.context: RunContext | None = None
         self.scores = ScoreDock(napari_viewer)  # the score plot dock
         self._shown: int | None = None
@@ -223,7 +225,12 @@ class BerdiffWidget(QWidget):
     def _on_done(self, seconds: float):
         if self.outcome is not None:
             note = self.thresh.note_once(self.segmenter.rule)  # an uncalibrated model's fallback
-            self.c.message(done_text(seconds, self.outcome, note), "warning" if note else "info")
+            text = done_text(seconds, self.outcome, note)
+            k = self._shown if self._shown is not None else 0
+            self.reference = run_reference(self.viewer, self.context.layers[0], self.outcome,
+                                           self.segmenter, k)  # an OCT volume's drusen
+            ref = reference_text(self.reference)
+            self.c.message(f"{text}\n{ref}" if ref else text, "warning" if note else "info")
 
     def _set_rule(self) -> bool:
         """The controls' rule in force for the shown run; True when it changed."""

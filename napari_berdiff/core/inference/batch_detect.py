@@ -44,11 +44,15 @@ __all__ = ["DetectSettings", "load_item", "run_item", "detect_item", "summary_pa
 
 def item_outputs(item: InputItem, out_dir, samples: int = 1) -> dict[str, Path]:
     """The files :func:`run_item` writes for ``item``: :func:`..io.outputs.output_paths`, plus
-    ``spread`` (beside the anomaly map) when ``samples`` > 1."""
+    ``spread`` (beside the anomaly map) when ``samples`` > 1 and, for OCT volumes, ``reference``
+    (the figures against the file's annotations: written only when it has some)."""
     paths = output_paths(item, out_dir)
+    a = paths["anomaly"]
     if samples > 1:
-        a = paths["anomaly"]
         paths["spread"] = a.with_name(a.name.replace(f"{OUTPUT_TAG}anomaly", f"{OUTPUT_TAG}spread"))
+    if item.kind == "oct_volume":
+        paths["reference"] = a.with_name(a.name.replace(f"{OUTPUT_TAG}anomaly.nii.gz",
+                                                        f"{OUTPUT_TAG}reference.json"))
     return paths
 
 
@@ -84,7 +88,8 @@ def load_item(item: InputItem, channels: int, nan_policy: str = "raise",
     :func:`..io.input_kinds.load_clinical` (header None; ``names``: the model's channel names,
     which DICOM series are matched to). Raises DataError naming the file."""
     if item.kind in CLINICAL_KINDS:
-        data, affine, item.info = load_clinical(item.kind, item.path, channels, names)
+        data, affine, item.info, item.annotations = load_clinical(item.kind, item.path,
+                                                                  channels, names)
         return data, affine, None
     if item.kind == "brats_case":
         if channels != 4:
@@ -214,9 +219,14 @@ def _slices(detector, n_z: int, slices, spec: str | None,
 def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
              batch_size: int | str = "auto", slices: str | None = None,
              nan_policy: str = "raise", all_slices: bool = False,
-             progress: Callable[[Any], None] | None = None, extra: dict | None = None) -> dict:
+             progress: Callable[[Any], None] | None = None, extra: dict | None = None,
+             reference: Callable[..., dict] | None = None) -> dict:
     """Detect on one input with the settings ``s`` (see :func:`detect_item` for the options) and
-    write its outputs atomically; returns a short summary with the input's triage scores."""
+    write its outputs atomically; returns a short summary with the input's triage scores.
+    ``reference(annotations, amap, seg, slices)`` (``evaluation.reference.reference_report``,
+    passed in by the caller: this layer does not import evaluation) gives the figures against
+    the annotations the input came with; they are written as the ``reference`` output and
+    returned as the summary's ``reference`` (None without annotations)."""
     d = detect_item(detector, item, s, spec=slices, batch_size=batch_size, nan_policy=nan_policy,
                     all_slices=all_slices, progress=progress)
     pp = s.post
@@ -230,6 +240,10 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
                                res.provenance.get("skipped_slices", ()),
                                Calibration.from_meta(detector.meta), pp.min_size, pp.connectivity)
     paths = item_outputs(item, out_dir, s.samples)
+    ref = (reference(item.annotations, amap, seg, idx)
+           if reference is not None and item.annotations else None)
+    if ref is None:
+        paths.pop("reference", None)
     rows = [{"slice": int(z), "masked_fraction": float(res.masked_fraction[0, i]),
              "anomaly_sum": float(amap[i].sum()),  # all from the written (median-filtered) map
              "anomaly_max": float(amap[i].max()), "seg_pixels": int(seg[i].sum()),
@@ -263,8 +277,32 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
                 outputs.append(("spread", spread, np.float32))
             _write_volume(files, paths, outputs, idx, vol.shape[-1], ornt, affine, header)
         _write_tables(files, paths, rows, prov)
+        if ref is not None:
+            files.temp(paths["reference"]).write_text(json.dumps(_reference_record(
+                item, ref, idx, prov["segmentation"]), indent=2, allow_nan=False) + "\n")
     return {"name": item.name, "slices": len(idx), "seg_pixels": int(seg.sum()),
-            "outputs": [str(p) for p in paths.values()], "scores": scores}
+            "outputs": [str(p) for p in paths.values()], "scores": scores, "reference": ref}
+
+
+def _finite(obj):
+    """Nested dicts / lists with NaN and infinities as None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _reference_record(item: InputItem, ref: dict, idx: list[int], segmentation: dict) -> dict:
+    return {"input": str(item.path.resolve()), "name": item.name,
+            "figures": _finite(ref),
+            "about": "per annotation: Dice and AUPRC of the written segmentation and anomaly map "
+                     "against the file's annotation, over the B-scans run that hold annotated "
+                     "pixels (mean, std, n: the paper protocol) and over all their pixels "
+                     "(pooled); null where undefined",
+            "b_scans_run": len(idx), "segmentation": segmentation}
 
 
 def _write_2d(files: AtomicFiles, paths: dict, amap, seg, rec, spread=None) -> None:

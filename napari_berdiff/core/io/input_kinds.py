@@ -10,7 +10,7 @@ export folder).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,6 +37,8 @@ class InputItem:
     name: str = ""
     error: str | None = None
     info: dict | None = None  # what the reader found (DICOM series per channel, OCT spacing)
+    # annotations that came with the input once read: name -> (n, H, W) bool per B-scan (OCT)
+    annotations: dict | None = field(default=None, repr=False)
 
     @property
     def is_2d(self) -> bool:
@@ -75,12 +77,14 @@ def unsupported_reason(path: str | Path) -> str | None:
 
 
 def load_clinical(kind: str, path: Path, channels: int, names: Sequence[str] | None
-                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """``(data (C, X, Y, Z) float32, affine, info)`` of a DICOM or OCT volume input."""
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
+    """``(data (C, X, Y, Z) float32, affine, info, annotations)`` of a DICOM or OCT volume
+    input; ``annotations``: an OCT volume's pixel annotations (name -> (n, H, W) bool, the
+    B-scans as displayed), else empty."""
     if kind == "dicom":
         from .dicom import load_dicom_input
 
-        return load_dicom_input(path, names, channels)
+        return (*load_dicom_input(path, names, channels), {})
     if kind == "oct_volume":
         from .oct_volume import load_oct_volume, oct_affine, oct_nifti_order
 
@@ -89,7 +93,7 @@ def load_clinical(kind: str, path: Path, channels: int, names: Sequence[str] | N
                                   f"expects {channels} channels")
         ov = load_oct_volume(path)
         info = dict(ov.info, spacing=list(ov.spacing), unit=ov.unit, n_bscans=int(len(ov.data)))
-        return oct_nifti_order(ov.data)[None], oct_affine(ov.spacing), info
+        return oct_nifti_order(ov.data)[None], oct_affine(ov.spacing), info, dict(ov.maps)
     raise DataError(path, f"unsupported input {path}")
 
 

@@ -20,7 +20,7 @@ OUTPUT_TAG = "_berdiff_"
 _VOLUME_OUTPUTS = {"anomaly": "anomaly.nii.gz", "seg": "mask.nii.gz", "recon": "recon.nii.gz"}
 _IMAGE_OUTPUTS = {"anomaly": "anomaly.tif", "seg": "mask.png", "recon": "recon.png"}
 _TABLE_OUTPUTS = {"scores": "scores.csv", "provenance": "provenance.json"}
-_OWN_OUTPUT_RE = re.compile(r"(.+_berdiff_(anomaly|mask|recon|scores|provenance|spread)"
+_OWN_OUTPUT_RE = re.compile(r"(.+_berdiff_(anomaly|mask|recon|scores|provenance|spread|reference)"
                             r"\.(nii\.gz|nii|tiff?|png|csv|json)"
                             r"|berdiff_summary(_rank\d+)?\.csv)$", re.IGNORECASE)
 _LEGACY_PROVENANCE = "_provenance.json"  # before the _berdiff_ names: <stem>_provenance.json
