@@ -45,9 +45,10 @@ def oblique_affine(deg=(20.0, -10.0, 5.0), zooms=(1.2, 0.9, 2.5), origin=(-30.0,
 
 
 def write_series(folder, vol, affine, description="T2 TSE AX", *, series_number=1,
-                 transpose=False, reverse=False, study_uid=None, series_uid=None,
+                 transpose=False, reverse=False, study_uid=None, series_uid=None, frame_uid=None,
                  shuffle_names=True, seed=0, extra=None, prefix="IM") -> list[Path]:
-    """Write ``vol`` (X, Y, Z; values ``int16 * SLOPE + INTERCEPT``) as a DICOM MR series."""
+    """Write ``vol`` (X, Y, Z; values ``int16 * SLOPE + INTERCEPT``) as a DICOM MR series (new
+    Study-, Series- and FrameOfReferenceUIDs unless given)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -69,7 +70,7 @@ def write_series(folder, vol, affine, description="T2 TSE AX", *, series_number=
     iop = list(col_step / dc) + list(row_step / dr)
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
-    frame_uid = generate_uid()
+    frame_uid = frame_uid or generate_uid()
     rng = np.random.default_rng(seed)
     names = rng.permutation(nz) if shuffle_names else np.arange(nz)
     paths = []

@@ -85,17 +85,19 @@ def test_detect_gives_the_same_maps_for_the_series_and_the_nifti(ckpt1, tmp_path
     assert prov["input_kind"] == "dicom"
 
 
-def _study(root, shape=SHAPE, names=SERIES, A=None, flat=True):
-    """Four series of one study: flat in ``root`` or one sub-folder each."""
+def _study(root, shape=SHAPE, names=SERIES, A=None, flat=True, other=None):
+    """Four series of one study and frame of reference: flat in ``root`` or one sub-folder each;
+    ``other``: channel -> write_series keywords for that series (another study...)."""
     A = oblique_affine() if A is None else A
     from pydicom.uid import generate_uid
 
-    study = generate_uid()
+    study, frame = generate_uid(), generate_uid()
     vols = {}
     for n, (mod, desc) in enumerate(names.items()):
         vols[mod] = stored_volume(shape, seed=n)
+        kw = {"study_uid": study, "frame_uid": frame, **(other or {}).get(mod, {})}
         write_series(root if flat else root / f"SE{n:03d}", vols[mod], A, desc,
-                     series_number=n + 2, study_uid=study, seed=n, prefix=f"S{n}IM")
+                     series_number=n + 2, seed=n, prefix=f"S{n}IM", **kw)
     return vols
 
 
@@ -146,6 +148,28 @@ def test_two_series_for_one_channel_are_ambiguous(ckpt4, tmp_path, capsys):
     _study(tmp_path / "study", names=dict(SERIES, t2="T2 TSE AX", t2b="T2 TSE COR"))
     line = _detect_fails(ckpt4, tmp_path / "study", tmp_path / "out", capsys)
     assert "2 DICOM series could be T2" in line
+
+
+@pytest.mark.parametrize("differs", ["study", "frame of reference"])
+def test_channels_from_different_studies_are_refused(ckpt4, tmp_path, capsys, differs):
+    from pydicom.uid import generate_uid
+
+    uid = generate_uid(prefix="1.2.826.0.1.3680043.8.498.") if differs == "study" else None
+    kw = ({"study_uid": uid, "extra": {"StudyDate": "20230102"}} if differs == "study"
+          else {"frame_uid": generate_uid()})
+    _study(tmp_path / "study", other={"t1ce": kw})
+    line = _detect_fails(ckpt4, tmp_path / "study", tmp_path / "out", capsys)
+    what = "studies" if differs == "study" else "frames of reference"
+    assert f"come from different {what}" in line
+    assert "'2 AX T2 FLAIR' (" in line and "'4 T1 MPRAGE +C' (" in line
+    if differs == "study":
+        assert f"(study ...{uid[-12:]} of 2023-01-02)" in line
+    advice = "give a folder of one study" if differs == "study" else "register them onto one grid"
+    assert advice in line
+    with pytest.raises(DataError, match=f"come from different .*{advice}"):
+        load_dicom_input(tmp_path / "study", ["flair", "t1", "t1ce", "t2"], 4)
+    _study(tmp_path / "same")  # one study, one frame of reference: accepted
+    assert load_dicom_input(tmp_path / "same", ["flair", "t1", "t1ce", "t2"], 4)[0].shape[0] == 4
 
 
 def _series(tmp_path, **kw):

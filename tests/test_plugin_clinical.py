@@ -23,11 +23,11 @@ FAST = ["--L", "20", "--steps", "4", "--device", "cpu", "--no-progress", "--thre
 def _study(root, A):
     from pydicom.uid import generate_uid
 
-    study, vols = generate_uid(), {}
+    study, frame, vols = generate_uid(), generate_uid(), {}
     for n, (mod, desc) in enumerate(SERIES.items()):
         vols[mod] = stored_volume(SHAPE, seed=n) + 200.0 * (n + 1)
         write_series(root / f"SE{n}", vols[mod], A, desc, series_number=n + 2, study_uid=study,
-                     transpose=True, reverse=True, seed=n)
+                     frame_uid=frame, transpose=True, reverse=True, seed=n)
     return vols
 
 

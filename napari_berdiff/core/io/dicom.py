@@ -21,7 +21,8 @@ data without a decoder.
 
 Series are matched to a model's channels by SeriesDescription (:func:`channel_of_series`):
 FLAIR (``flair``, ``t2f``, dark fluid, TIRM), T1ce (a T1 with ``post``, ``+c``, ``gd``, ``ce``,
-``contrast``, ... or a ContrastBolusAgent), T1, T2.
+``contrast``, ... or a ContrastBolusAgent), T1, T2; they must come from one study and one frame
+of reference (:func:`check_one_study`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from .files import DataError
 from .readers import grid_difference
 
 __all__ = ["DicomSeries", "is_dicom_file", "dicom_folder_kind", "scan_dicom", "load_series",
-           "channel_of_series", "match_channels", "load_dicom_input", "require_pydicom"]
+           "channel_of_series", "match_channels", "check_one_study", "load_dicom_input",
+           "require_pydicom"]
 
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
 _MAGIC_OFFSET = 128
@@ -146,6 +148,28 @@ class DicomSeries:
     @property
     def contrast_agent(self) -> bool:
         return bool(str(self._tag("ContrastBolusAgent", "") or "").strip())
+
+    @property
+    def study_uid(self) -> str:
+        return str(self._tag("StudyInstanceUID", "") or "").strip()
+
+    @property
+    def frame_uid(self) -> str:
+        return str(self._tag("FrameOfReferenceUID", "") or "").strip()
+
+    @property
+    def frame_label(self) -> str:
+        uid = self.frame_uid
+        return f"FrameOfReferenceUID {'...' + uid[-12:] if len(uid) > 15 else uid}"
+
+    @property
+    def study_label(self) -> str:
+        """``"study ...1234.5678 of 2024-05-06"``: the end of the StudyInstanceUID and the date."""
+        date = str(self._tag("StudyDate", "") or "").strip()
+        if len(date) == 8 and date.isdigit():
+            date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+        uid = self.study_uid or "(no StudyInstanceUID)"
+        return f"study {'...' + uid[-12:] if len(uid) > 15 else uid}" + (f" of {date}" if date else "")
 
 
 def _read_header(pydicom, f: Path):
@@ -378,6 +402,26 @@ def match_channels(series: Sequence[DicomSeries], channel_names: Sequence[str] |
     return [by_channel[n][0] for n in names]
 
 
+def check_one_study(chosen: Sequence[DicomSeries], where: Path) -> None:
+    """DataError naming two of the channels' series when they come from different studies
+    (StudyInstanceUID) or different frames of reference (FrameOfReferenceUID: positions not in
+    one patient coordinate system), where every series has the tag."""
+    for key, what, label, advice in (
+            ("study_uid", "different studies", "study_label",
+             "the model's channels must be series of one study: give a folder of one study"),
+            ("frame_uid", "different frames of reference", "frame_label",
+             "their positions are not in one patient coordinate system: register them onto one "
+             "grid first")):
+        values = [getattr(s, key) for s in chosen]
+        if len(chosen) < 2 or not all(values) or len(set(values)) == 1:
+            continue
+        a = chosen[0]
+        b = next(s for s in chosen if getattr(s, key) != getattr(a, key))
+        names = [f"'{s.label}' ({getattr(s, label)})" for s in (a, b)]
+        raise DataError(where, f"{where.name}: DICOM series {names[0]} and {names[1]} come from "
+                               f"{what}; {advice}")
+
+
 def _title(name: str) -> str:
     return {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}.get(name, name)
 
@@ -388,6 +432,7 @@ def load_dicom_input(path: str | Path, channel_names: Sequence[str] | None, n_ch
     first channel's series, info)``. The channels' series must share one voxel grid."""
     p = Path(path)
     chosen = match_channels(scan_dicom(p), channel_names, n_channels, p)
+    check_one_study(chosen, p)
     vols, ref = [], None
     for s in chosen:
         vol, affine, info = load_series(s)
