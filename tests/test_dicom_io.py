@@ -14,8 +14,9 @@ import pytest
 
 from _dicom_helpers import oblique_affine, read_back, stored_volume, write_series
 from napari_berdiff.cli import main
-from napari_berdiff.core.io.dicom import (channel_of_series, load_dicom_input, load_series,
-                                          scan_dicom)
+from napari_berdiff.core.io.dicom import load_dicom_input, load_series
+from napari_berdiff.core.io.dicom_channels import channel_of_series
+from napari_berdiff.core.io.dicom_scan import scan_dicom
 from napari_berdiff.core.io.orientation import orientation_of, to_canonical
 from napari_berdiff.core.io.files import DataError
 from napari_berdiff.core.io.readers import load_nifti

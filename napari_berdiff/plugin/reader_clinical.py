@@ -34,7 +34,9 @@ def _notify_warning(message: str) -> None:
 
 
 def read_dicom_layers(path: str | Path) -> list[LayerData]:
-    from ..core.io.dicom import channel_of_series, load_series, scan_dicom
+    from ..core.io.dicom import load_series
+    from ..core.io.dicom_channels import channel_of_series
+    from ..core.io.dicom_scan import scan_dicom
 
     p = Path(path)
     folder = p.parent if p.is_file() else p

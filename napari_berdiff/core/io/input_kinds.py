@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .dicom import dicom_folder_kind, is_dicom_file
+from .dicom_scan import dicom_folder_kind, is_dicom_file
 from .oct_volume import OCT_MODEL_ORNT, UNSUPPORTED_OCT, oct_volume_kind
 from .files import DataError, is_image, is_nifti
 
