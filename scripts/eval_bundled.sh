@@ -2,7 +2,7 @@
 # Regenerate the results of docs/results.md: held-out generated test sets (fixed seeds, never seen in
 # training), `berdiff evaluate` tables, `berdiff grid` figures (paper Fig. 3) and the few-step
 # sweep, for the bundled BraTS-like and OCT models, at the paper's L = 200 and at L = 100. CPU;
-# about 25 minutes on 2 cores.
+# about 30 minutes on 2 cores.
 #   bash scripts/eval_bundled.sh            # everything
 #   ONLY=brats bash scripts/eval_bundled.sh # one model
 set -euo pipefail
@@ -49,4 +49,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = oct ]; then
     --out "$OUT/oct" --overwrite --no-progress
   $BERDIFF evaluate data/prep_oct128_heldout --bundled oct --L 100 --P 0.5 --steps 20 \
     --out "$OUT/oct_L100" --overwrite --no-progress
+  # L = 100 at P = 0.2, where the paired diagnosis put the OCT U-Net's best mask (TRAINING.md "v4")
+  $BERDIFF evaluate data/prep_oct128_heldout --bundled oct --L 100 --P 0.2 --steps 20 --threads 1 \
+    --out "$OUT/oct_L100_P02" --overwrite --no-progress
 fi
