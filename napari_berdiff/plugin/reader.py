@@ -19,9 +19,10 @@ import numpy as np
 
 from .layers import volume_layer_kwargs  # noqa: F401 (sample_data imports it from here)
 from ..core.io.input_kinds import file_input_kind, folder_input_kind, unsupported_reason
-from ..core.io.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, IMAGE_EXTENSIONS,
-                                DataError, brats_modality_of, find_brats_case, is_nifti,
-                                load_image_2d, load_nifti)
+from ..core.io.files import IMAGE_EXTENSIONS, DataError, is_nifti
+from ..core.io.images import load_image_2d
+from ..core.io.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, brats_modality_of,
+                                find_brats_case, load_nifti)
 
 OCT_EXTENSIONS = IMAGE_EXTENSIONS  # the same 2D formats as berdiff detect
 MODALITY_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}

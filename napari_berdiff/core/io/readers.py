@@ -15,9 +15,6 @@ from typing import Any
 import numpy as np
 
 from .files import NIFTI_EXTENSIONS, DataError, check_file, is_nifti
-# names the napari plugin reads from this module
-from .files import IMAGE_EXTENSIONS  # noqa: F401
-from .images import load_image_2d  # noqa: F401
 
 __all__ = [
     "BRATS_MODALITIES",
