@@ -159,6 +159,11 @@ def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
     return module.to(memory_format=torch.channels_last)
 
 
+def input_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A network input in the memory format its network was set to (channels_last or as is)."""
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
 class CompiledFallback:
     """Call a ``torch.compile``-d function, falling back to the eager one (once, with a warning)
     when compilation fails. Compilation is lazy, so failures show at the first call.

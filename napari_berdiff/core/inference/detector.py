@@ -3,7 +3,9 @@
 :class:`Detector` works on a stack of 2D slices ``(N, C, H, W)`` (a single slice ``(C, H, W)`` or a
 whole volume ``(C, X, Y, Z)`` via :meth:`Detector.detect_volume`). Slices and the sweep of
 thresholds P run batched together. :meth:`Detector.iter_detect` is a generator (progress ticks,
-cancel between steps) for the napari widget; :meth:`Detector.detect` drives it to the end.
+cancel between steps) for the napari widget; :meth:`Detector.detect` drives it to the end. A run
+is set up by :mod:`.detect_run`, batch by batch worked by :mod:`.detect_chunk` and recorded by
+:mod:`.provenance`.
 
 Intensities: the model expects each channel in [0, 1] as in training. ``normalize="auto"`` leaves
 data already in [0, 1] alone and otherwise applies the training preparation's per-volume robust
@@ -20,58 +22,25 @@ networks run under bf16/fp16 autocast (``amp``), optionally channels_last and ``
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from datetime import datetime, timezone
 from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
 
-from . import preprocess
 from .preprocess import canvas_for, field_of_view
-from .accel import autocast, maybe_compile, resolve_amp, to_channels_last
-from .batching import BatchPlan, available_memory, empty_slices, plan_batches
+from .accel import autocast, input_layout, maybe_compile, resolve_amp, to_channels_last
+from .batching import BatchPlan, available_memory, plan_batches
+from .detect_chunk import run_chunk
+from .detect_run import prepare_run
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from .device import resolve_device
+from .provenance import provenance
 from .result import DetectionResult, Progress
 from .settings import DEFAULTS
-from .volume import (as_channels_first, check_finite, iter_detect_volume, normalize_stack,
-                     resolve_normalize)
-from ..diffusion.sampler import SamplerStep, drive, masked_sampler, relay, resolve_seeds
-from ..diffusion.schedule import BernoulliSchedule, step_grid
-
-
-
-@dataclass
-class _Run:
-    """One call of :meth:`Detector.iter_detect`: its input, plan and output arrays."""
-
-    t_start: float
-    x: np.ndarray  # (N, C, H, W) normalised
-    L: int
-    steps: int | None
-    seed: int
-    thresholds: list[float]
-    idx: list[int]  # per-slice numbers (the seeds follow them)
-    seeds: list[int]
-    applied: str  # the normalisation applied
-    canvas: object
-    spacing: Sequence[float] | None
-    geom: object  # preprocess.plan
-    n_steps: int
-    recon: np.ndarray
-    amap: np.ndarray
-    frac: np.ndarray
-    hist: np.ndarray | None
-    skipped: np.ndarray
-    skip_empty: bool
-    plan: BatchPlan
-    per: int  # slices per call
-    chunks: list
-    total: int  # network evaluations
-    done: int = 0
+from .volume import as_channels_first, iter_detect_volume
+from ..diffusion.sampler import drive
+from ..diffusion.schedule import BernoulliSchedule
 
 
 class Detector:
@@ -222,181 +191,20 @@ class Detector:
         (BraTS-style: 240 mm at 1 mm) the slice is padded or cropped to that field of view, so a
         cropped or finer volume keeps the anatomy's training scale (None: the training spacing).
         """
-        run = self._prepare(images, L=L, P=P, steps=steps, seed=seed, indices=indices,
-                            batch_size=batch_size, normalize=normalize, skip_empty=skip_empty,
-                            keep_mask_history=keep_mask_history, spacing=spacing)
+        run = prepare_run(self, images, L=L, P=P, steps=steps, seed=seed, indices=indices,
+                          batch_size=batch_size, normalize=normalize, skip_empty=skip_empty,
+                          keep_mask_history=keep_mask_history, spacing=spacing)
         for sel in run.chunks:
-            yield from self._run_chunk(run, sel, deterministic_encoding, deterministic_last_step)
-        prov = self._provenance(run, deterministic_encoding=deterministic_encoding,
-                                deterministic_last_step=deterministic_last_step)
+            yield from run_chunk(self, run, sel, deterministic_encoding, deterministic_last_step)
+        prov = provenance(self, run, deterministic_encoding=deterministic_encoding,
+                          deterministic_last_step=deterministic_last_step)
         return DetectionResult(run.thresholds, run.recon, run.amap, run.frac, run.x, run.hist, prov,
                                slices=run.idx)
 
-    def _prepare(self, images, *, L, P, steps, seed, indices, batch_size, normalize, skip_empty,
-                 keep_mask_history, spacing) -> "_Run":
-        """Check and normalise the input, plan the batches and allocate the outputs."""
-        t_start = time.perf_counter()
-        x = _as_stack(images)
-        N, C, H, W = x.shape
-        if C != self.in_channels:
-            names = self.meta.get("channel_names")
-            raise ValueError(f"the input has {C} channel(s) but the model expects {self.in_channels}"
-                             + (f" ({', '.join(names)})" if names else ""))
-        if int(L) > self.max_L:
-            raise ValueError(f"L = {int(L)} is beyond the noise levels this model was trained for "
-                             f"(L <= {self.max_L}); choose L <= {self.max_L}")
-        applied = resolve_normalize(normalize, x)
-        x = normalize_stack(x, applied)
-        thresholds = [float(P)] if np.isscalar(P) else [float(p) for p in P]
-        K = len(thresholds)
-        idx = list(range(N)) if indices is None else [int(i) for i in indices]
-        if len(idx) != N:
-            raise ValueError(f"got {len(idx)} indices for {N} slices")
-        canvas = self.canvas_for(spacing)
-        n_steps = len(step_grid(L, steps)) - 1  # network evaluations per batch
-        recon = np.zeros((K, N, C, H, W), np.float32)
-        amap = np.zeros((K, N, H, W), np.float32)
-        skipped = empty_slices(x) if skip_empty else np.zeros(N, bool)
-        recon[:, skipped] = x[skipped]  # nothing to reconstruct: the map stays 0
-        plan = self.plan_batches(batch_size, reserve_bytes=_host_bytes(self.device, recon, amap))
-        per = plan.slices_per_call(K)
-        todo = np.flatnonzero(~skipped)
-        chunks = [todo[a:a + per] for a in range(0, len(todo), per)]
-        hist = None
-        if keep_mask_history:
-            h = self.image_size // self.autoencoder.config.downsample_factor
-            hist = np.zeros((n_steps, K, N, h, h), np.float16)
-        return _Run(t_start=t_start, x=x, L=int(L), steps=steps, seed=int(seed),
-                    thresholds=thresholds, idx=idx, seeds=resolve_seeds([seed + i for i in idx], N),
-                    applied=applied, canvas=canvas, spacing=spacing,
-                    geom=preprocess.plan((H, W), self.image_size, self.preprocess_mode, canvas),
-                    n_steps=n_steps, recon=recon, amap=amap, frac=np.zeros((K, N), np.float32),
-                    hist=hist, skipped=skipped, skip_empty=bool(skip_empty), plan=plan,
-                    per=per, chunks=chunks, total=len(chunks) * n_steps)
-
-    def _run_chunk(self, run: "_Run", sel: np.ndarray, deterministic_encoding: bool,
-                   deterministic_last_step: bool) -> Generator[Progress, None, None]:
-        """Encode, sample and decode the slices ``sel`` for every threshold (one batch)."""
-        K = len(run.thresholds)
-        seeds = [run.seeds[i] for i in sel]
-        z = self._encode(run.x[sel], run.geom, seeds, deterministic_encoding, run.plan.ae_images)
-        gen = masked_sampler(self._flip_model, z, self.schedule, run.L, run.thresholds,
-                             steps=run.steps, seeds=seeds,
-                             deterministic_last_step=deterministic_last_step)
-        span, positions = (int(sel[0]), int(sel[-1]) + 1), tuple(int(i) for i in sel)
-
-        def tick(step: SamplerStep) -> Progress:
-            if run.hist is not None:
-                m = step.mask.float().mean(dim=1).reshape(len(sel), K, *step.mask.shape[-2:])
-                run.hist[step.index][:, sel] = m.transpose(0, 1).cpu().numpy()
-            run.done += 1
-            return Progress(run.done, run.total, elapsed=time.perf_counter() - run.t_start,
-                            images=span, slices=positions, step=step)
-
-        out = yield from relay(gen, tick)
-        run.frac[:, sel] = out.masked_fraction.reshape(len(sel), K).T.cpu().numpy()
-        self._decode_into(out.z0, run.x, sel, K, run.geom, run.plan.ae_images, run.recon, run.amap)
-
-    def _provenance(self, run: "_Run", **flags) -> dict:
-        """What the run was, for the result's provenance (``flags``: the sampler options)."""
-        idx, plan = run.idx, run.plan
-        return {
-            "method": "masked Bernoulli latent diffusion (Wolleb et al., MICCAI 2024)",
-            "L": run.L, "P": run.thresholds, "steps": run.n_steps, "seed": run.seed,
-            "slice_indices": idx if len(idx) <= 4096 else f"{idx[0]}..{idx[-1]}",
-            "device": str(self.device), "device_warning": self.device_warning,
-            "model_hash": self.model_hash, "model": self.meta.get("name"),
-            "preprocess": {"mode": self.preprocess_mode, "canvas": run.canvas,
-                           "size": self.image_size,
-                           "spacing_mm": None if run.spacing is None else [float(v) for v in run.spacing],
-                           "training_spacing_mm": self.spacing_mm},
-            "normalize": run.applied, **flags,
-            "skip_empty": run.skip_empty,
-            "skipped_slices": [idx[i] for i in np.flatnonzero(run.skipped)],
-            "batch": {"trajectories_per_call": plan.trajectories, "slices_per_call": run.per,
-                      "autoencoder_images_per_call": plan.ae_images, "source": plan.source,
-                      "calls": len(run.chunks), "network_evaluations": run.total},
-            **self.speed_settings,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(time.perf_counter() - run.t_start, 3),
-            "versions": _versions(),
-        }
-
-    # -- the pieces ------------------------------------------------------------------------
-    def _model_input(self, t: torch.Tensor) -> torch.Tensor:
-        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
-
-    def _encode(self, xs: np.ndarray, geom, seeds: list[int], deterministic: bool,
-                per_call: int) -> torch.Tensor:
-        """Binary codes (n, C, h, w) of slices ``xs``, encoded ``per_call`` images at a time; the
-        Bernoulli draws use one generator per image seed (independent of the batching)."""
-        codes = []
-        with torch.inference_mode():
-            for a in range(0, len(xs), per_call):
-                xb = preprocess.to_model(torch.from_numpy(xs[a:a + per_call]).to(self.device), geom)
-                # float32 even under amp: one call per slice, and the codes stay exact
-                probs = self.autoencoder.encode(self._model_input(xb)).float().contiguous()
-                if deterministic:
-                    codes.append((probs > 0.5).float())
-                else:
-                    u = torch.stack([torch.rand(probs.shape[1:], device=self.device,
-                                                generator=_gen(s, self.device))
-                                     for s in seeds[a:a + per_call]])
-                    codes.append((u < probs).float())
-        return torch.cat(codes)
-
-    def _decode_into(self, z0: torch.Tensor, x: np.ndarray, sel: np.ndarray, K: int, geom,
-                     per_call: int, recon: np.ndarray, amap: np.ndarray) -> None:
-        """Decode the codes ``z0`` (trajectory ``b * K + k`` for slice ``sel[b]``) a few slices at
-        a time and write reconstructions and squared-error maps into ``recon`` / ``amap``."""
-        C, H, W = x.shape[1:]
-        per = max(1, per_call // K)
-        with torch.inference_mode():
-            for a in range(0, len(sel), per):
-                part = sel[a:a + per]
-                nb = len(part)
-                with autocast(self.device, self.amp_dtype):
-                    rec = self.autoencoder.decode(self._model_input(z0[a * K:(a + nb) * K]))
-                rec = preprocess.from_model(rec.float().clamp_(0, 1), geom).clamp_(0, 1)
-                xin = torch.from_numpy(x[part]).to(self.device).repeat_interleave(K, dim=0)
-                err = ((xin - rec) ** 2).sum(dim=1)
-                recon[:, part] = rec.reshape(nb, K, C, H, W).transpose(0, 1).cpu().numpy()
-                amap[:, part] = err.reshape(nb, K, H, W).transpose(0, 1).cpu().numpy()
-
+    # -- the U-Net as the sampler calls it -----------------------------------------------------
     def _flip_model(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``eps_hat`` for the sampler: the U-Net (autocast, channels_last, compiled as set up),
         sigmoid in float32, returned in the sampler's (contiguous float32) layout."""
         with autocast(self.device, self.amp_dtype):
-            logits = self._unet_forward(self._model_input(z_t), t)
+            logits = self._unet_forward(input_layout(z_t, self.channels_last), t)
         return torch.sigmoid(logits.float()).contiguous()
-
-
-# -- helpers ------------------------------------------------------------------------------
-def _gen(seed: int, device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
-
-
-def _host_bytes(device: torch.device, *arrays: np.ndarray) -> int:
-    """Bytes the result arrays will occupy in the memory the batches draw on (CPU only)."""
-    return sum(a.nbytes for a in arrays) if device.type == "cpu" else 0
-
-
-def _versions() -> dict:
-    from ... import __version__
-
-    return {"napari_berdiff": __version__, "torch": torch.__version__}
-
-
-def _as_stack(images) -> np.ndarray:
-    arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4:
-        raise ValueError(f"expected slices as (N, C, H, W) or (C, H, W), got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"expected a numeric image, got dtype {arr.dtype}")
-    arr = arr.astype(np.float32, copy=False)
-    check_finite(arr)
-    return arr

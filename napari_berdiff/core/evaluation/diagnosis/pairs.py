@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...inference.detector import normalize_stack
+from ...inference.volume import normalize_stack
 from ...io.atomic import atomic_file
 from ...synth.brain import make_case
 from ...synth.oct import make_bscan
