@@ -9,6 +9,8 @@ import sys
 import warnings
 from typing import Sequence
 
+from src_training.prepare import defaults as D
+
 
 def add_kind_parsers(sub, name_format: str = "{}") -> dict:
     """Add one sub-parser per dataset kind (brats, oct, folder) to ``sub``; each sets ``kind``.
@@ -16,36 +18,40 @@ def add_kind_parsers(sub, name_format: str = "{}") -> dict:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("src", help="the source folder")
     common.add_argument("out", help="the prepared directory to write (must not exist)")
-    common.add_argument("--image-size", type=int, default=256, help="model input size (default 256)")
-    common.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    common.add_argument("--image-size", type=int, default=D.IMAGE_SIZE,
+                        help="model input size (default %(default)d)")
+    common.add_argument("--seed", type=int, default=D.SEED,
+                        help="seed of the split (default %(default)d)")
     common.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    common.add_argument("--workers", type=int, default=0, help="worker processes (default 0: none)")
+    common.add_argument("--workers", type=int, default=D.WORKERS,
+                        help="worker processes (default %(default)d: none)")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     b = sub.add_parser(name_format.format("brats"), parents=[common],
                        help="prepare BraTS2020/2021/2023 case folders (4 channels: FLAIR, T1, T1ce, T2)")
-    b.add_argument("--split", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
-    b.add_argument("--drop-bottom", type=int, default=80)
-    b.add_argument("--drop-top", type=int, default=26)
+    b.add_argument("--split", type=float, nargs=3, default=D.BRATS.split,
+                   metavar=("TRAIN", "VAL", "TEST"))
+    b.add_argument("--drop-bottom", type=int, default=D.BRATS.drop_bottom)
+    b.add_argument("--drop-top", type=int, default=D.BRATS.drop_top)
     o = sub.add_parser(name_format.format("oct"), parents=[common],
                        help="prepare an OCT2017 (Kermany) folder: NORMAL for training, the rest for testing")
     o.add_argument("--keep-aspect", action="store_true")
-    o.add_argument("--val-fraction", type=float, default=0.1)
-    o.add_argument("--max-per-class", type=int, default=None)
-    o.add_argument("--normal-test-fraction", type=float, default=0.0,
+    o.add_argument("--val-fraction", type=float, default=D.OCT.val_fraction)
+    o.add_argument("--max-per-class", type=int, default=D.OCT.max_per_class)
+    o.add_argument("--normal-test-fraction", type=float, default=D.OCT.normal_test_fraction,
                    help="flat layout: share of the NORMAL patients held out as healthy test images "
-                        "(default 0: all non-val NORMAL images train)")
+                        "(default %(default)g: all non-val NORMAL images train)")
     o.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable images (listed at the end and in meta.json) "
                         "instead of stopping at the first")
     f = sub.add_parser(name_format.format("folder"), parents=[common],
                        help="prepare any folder of NIfTI volumes or images as healthy training data")
-    f.add_argument("--channels", type=int, default=1)
+    f.add_argument("--channels", type=int, default=D.FOLDER.channels)
     f.add_argument("--keep-aspect", action="store_true")
-    f.add_argument("--val-fraction", type=float, default=0.0)
-    f.add_argument("--drop-bottom", type=int, default=0)
-    f.add_argument("--drop-top", type=int, default=0)
+    f.add_argument("--val-fraction", type=float, default=D.FOLDER.val_fraction)
+    f.add_argument("--drop-bottom", type=int, default=D.FOLDER.drop_bottom)
+    f.add_argument("--drop-top", type=int, default=D.FOLDER.drop_top)
     for p in (b, f):
-        p.add_argument("--nan-policy", choices=("raise", "zero"), default="raise")
+        p.add_argument("--nan-policy", choices=("raise", "zero"), default=D.NAN_POLICY)
         p.add_argument("--skip-bad", action="store_true",
                        help="leave out unreadable inputs (listed at the end and in meta.json) "
                             "instead of stopping at the first")

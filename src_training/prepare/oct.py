@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from napari_berdiff.core.io.files import DataError, is_image, is_mask_folder
+from src_training.prepare import defaults as D
 from src_training.prepare.common import (IMAGE_SCALING_DOC, check_params, finish, image_job,
                                          parallel_map, progress, skip_or_raise, split_by_group,
                                          split_writers)
@@ -82,11 +83,12 @@ def _ids(path: Path) -> tuple[str, int]:
     return (m["pid"], int(m["n"])) if m else (path.stem, 0)
 
 
-def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 256,
-                keep_aspect: bool = False, val_fraction: float = 0.1, seed: int = 0,
-                overwrite: bool = False, max_per_class: int | None = None,
-                normal_test_fraction: float = 0.0, skip_bad: bool = False, workers: int = 0,
-                show_progress: bool = True) -> dict[str, Any]:
+def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = D.IMAGE_SIZE,
+                keep_aspect: bool = False, val_fraction: float = D.OCT.val_fraction,
+                seed: int = D.SEED, overwrite: bool = False,
+                max_per_class: int | None = D.OCT.max_per_class,
+                normal_test_fraction: float = D.OCT.normal_test_fraction, skip_bad: bool = False,
+                workers: int = D.WORKERS, show_progress: bool = True) -> dict[str, Any]:
     """Prepare OCT2017 scans into ``out_dir`` (1 channel); returns the meta dict.
 
     Images are read in [0, 1] (gray) and resized to ``image_size`` x ``image_size``

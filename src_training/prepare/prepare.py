@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from napari_berdiff.core.io.files import DataError, is_image, is_nifti
+from napari_berdiff.core.io.intensity import HIGH_PERCENTILE, LOW_PERCENTILE
 from napari_berdiff.core.io.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, find_brats_case,
                                               load_brats_case, load_nifti)
 from napari_berdiff.core.io.orientation import orientation_of, to_canonical
@@ -21,6 +22,7 @@ from src_training.prepare.common import (IMAGE_SCALING_DOC, NORMALISATION_DOC, a
                                          check_params, finish, image_job, split_writers,
                                          parallel_map, progress, skip_or_raise, split_by_group,
                                          volume_to_slices)
+from src_training.prepare import defaults as D
 from src_training.prepare.oct import prepare_oct
 from src_training.prepare.prepared_format import atomic_output_dir, check_can_write
 
@@ -67,10 +69,12 @@ def _brats_job(args: tuple) -> Any:
 
 
 def prepare_brats(src_root: str | Path, out_dir: str | Path, *,
-                  split: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0, image_size: int = 256,
-                  drop_bottom: int = 80, drop_top: int = 26, low: float = 0.5, high: float = 99.5,
-                  nan_policy: str = "raise", skip_bad: bool = False, overwrite: bool = False,
-                  workers: int = 0, show_progress: bool = True) -> dict[str, Any]:
+                  split: Sequence[float] = D.BRATS.split, seed: int = D.SEED,
+                  image_size: int = D.IMAGE_SIZE, drop_bottom: int = D.BRATS.drop_bottom,
+                  drop_top: int = D.BRATS.drop_top, low: float = LOW_PERCENTILE,
+                  high: float = HIGH_PERCENTILE, nan_policy: str = D.NAN_POLICY,
+                  skip_bad: bool = False, overwrite: bool = False, workers: int = D.WORKERS,
+                  show_progress: bool = True) -> dict[str, Any]:
     """Prepare BraTS case folders under ``src_root`` into ``out_dir``; returns the meta dict.
 
     Per case: the four modalities (channel order ``flair, t1, t1ce, t2``; BraTS2023's
@@ -187,10 +191,12 @@ def _folder_job(args: tuple) -> Any:
 
 
 def prepare_folder(src_root: str | Path, out_dir: str | Path, *, image_size: int,
-                   channels: int = 1, keep_aspect: bool = False, drop_bottom: int = 0,
-                   drop_top: int = 0, low: float = 0.5, high: float = 99.5,
-                   val_fraction: float = 0.0, seed: int = 0, nan_policy: str = "raise",
-                   skip_bad: bool = False, overwrite: bool = False, workers: int = 0,
+                   channels: int = D.FOLDER.channels, keep_aspect: bool = False,
+                   drop_bottom: int = D.FOLDER.drop_bottom, drop_top: int = D.FOLDER.drop_top,
+                   low: float = LOW_PERCENTILE, high: float = HIGH_PERCENTILE,
+                   val_fraction: float = D.FOLDER.val_fraction, seed: int = D.SEED,
+                   nan_policy: str = D.NAN_POLICY, skip_bad: bool = False,
+                   overwrite: bool = False, workers: int = D.WORKERS,
                    show_progress: bool = True) -> dict[str, Any]:
     """Prepare every NIfTI volume and 2D image under ``src_root`` (recursively) as healthy
     training data.

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalize_volume"]
+__all__ = ["normalize_volume", "LOW_PERCENTILE", "HIGH_PERCENTILE"]
 
-def normalize_volume(vol: np.ndarray, low: float = 0.5, high: float = 99.5, *,
+#: The default percentiles of the foreground that map to 0 and 1.
+LOW_PERCENTILE = 0.5
+HIGH_PERCENTILE = 99.5
+
+
+def normalize_volume(vol: np.ndarray, low: float = LOW_PERCENTILE, high: float = HIGH_PERCENTILE, *,
                      channel_axis: int | None = 0, mask: np.ndarray | None = None,
                      return_stats: bool = False):
     """Robust per-channel normalisation to [0, 1].
