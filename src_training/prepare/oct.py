@@ -110,15 +110,10 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
     ``skipped`` in meta.json and split.json (``case`` = its path relative to ``src_root``).
     """
     check_params(image_size)
-    for name, f in (("val_fraction", val_fraction), ("normal_test_fraction", normal_test_fraction)):
-        if not 0.0 <= f < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {f}")
+    _check_fractions(val_fraction=val_fraction, normal_test_fraction=normal_test_fraction)
     out = Path(out_dir)
     check_can_write(out, overwrite)
-    layout = find_oct_images(src_root)
-    if not any(HEALTHY_CLASS in classes for p, classes in layout.items() if p in ("", "train")):
-        raise DataError(Path(src_root), f"no {HEALTHY_CLASS}/ folder of training images under "
-                                        f"{src_root}")
+    layout = _training_layout(src_root)
     rng = np.random.default_rng(seed)
     assign, unused = _assign(layout, rng, max_per_class, val_fraction, normal_test_fraction)
     base = Path(src_root)
@@ -130,29 +125,55 @@ def prepare_oct(src_root: str | Path, out_dir: str | Path, *, image_size: int = 
          split_writers(tmp, 1, image_size, raw_labels=False) as writers:
         per_class, skipped, transforms = _write_images(
             writers, assign, base, image_size, keep_aspect, workers, show_progress, skip_bad)
-        bad = {d["case"] for d in skipped}
-        split_info = {"dataset": "oct", "seed": int(seed), "params": params,
-                      "source": str(base.resolve()),
-                      "layout": "flat" if "" in layout else "kermany",
-                      **{s: [r for r in (str(t[1].relative_to(base)) for t in assign[s])
-                             if r not in bad] for s in assign},
-                      "skipped": skipped}
-        meta = {"dataset": "oct", "channels": ["oct"], "image_size": int(image_size),
-                "source": str(base.resolve()),
-                "normalisation": {"method": "bit depth", "doc": IMAGE_SCALING_DOC},
-                "geometry": {"keep_aspect": bool(keep_aspect),
-                             "transforms": list(transforms.values())[:20]},
-                "labels": {"binary": "mask > 0 (from <CLASS>_masks/<stem>.png)",
-                           "healthy": f"class {HEALTHY_CLASS}"},
-                "classes": sorted({c for cl in layout.values() for c in cl}),
-                "split": {"seed": int(seed), "by": "patient", **params},
-                "skipped": skipped}
         extra = {s: {"classes": per_class[s]} for s in per_class}
         extra["train"]["diseased_unused"] = unused
-        meta = finish(tmp, writers, meta, split_info, extra)
+        meta = finish(tmp, writers, _oct_meta(layout, base, params, transforms, skipped),
+                      _split_info(layout, assign, base, params, skipped), extra)
     meta["out_dir"] = str(out)
     return meta
 
+
+
+def _check_fractions(**fractions: float) -> None:
+    for name, f in fractions.items():
+        if not 0.0 <= f < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {f}")
+
+
+def _training_layout(src_root) -> dict[str, dict[str, list[Item]]]:
+    """:func:`find_oct_images` of ``src_root``; a DataError when no healthy class trains."""
+    layout = find_oct_images(src_root)
+    if not any(HEALTHY_CLASS in classes for p, classes in layout.items() if p in ("", "train")):
+        raise DataError(Path(src_root), f"no {HEALTHY_CLASS}/ folder of training images under "
+                                        f"{src_root}")
+    return layout
+
+
+def _split_info(layout, assign: "Assignment", base: Path, params: dict,
+                skipped: list[dict]) -> dict[str, Any]:
+    """split.json: the images of each split (relative to ``base``) but the skipped ones."""
+    bad = {d["case"] for d in skipped}
+    return {"dataset": "oct", "seed": params["seed"], "params": params,
+            "source": str(base.resolve()),
+            "layout": "flat" if "" in layout else "kermany",
+            **{s: [r for r in (str(t[1].relative_to(base)) for t in assign[s])
+                   if r not in bad] for s in assign},
+            "skipped": skipped}
+
+
+def _oct_meta(layout, base: Path, params: dict, transforms: dict,
+              skipped: list[dict]) -> dict[str, Any]:
+    """meta.json of an OCT preparation (before :func:`finish` adds the counts)."""
+    return {"dataset": "oct", "channels": ["oct"], "image_size": params["image_size"],
+            "source": str(base.resolve()),
+            "normalisation": {"method": "bit depth", "doc": IMAGE_SCALING_DOC},
+            "geometry": {"keep_aspect": params["keep_aspect"],
+                         "transforms": list(transforms.values())[:20]},
+            "labels": {"binary": "mask > 0 (from <CLASS>_masks/<stem>.png)",
+                       "healthy": f"class {HEALTHY_CLASS}"},
+            "classes": sorted({c for cl in layout.values() for c in cl}),
+            "split": {"seed": params["seed"], "by": "patient", **params},
+            "skipped": skipped}
 
 Assignment = dict[str, list[tuple[str, Path, "Path | None"]]]
 
