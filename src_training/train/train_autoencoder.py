@@ -177,34 +177,17 @@ def train_autoencoder(dataset, out_dir: str | Path, settings: AutoencoderTrainin
     info = start_stage(s)
     preset = s.preset
     probed = probe_dataset(dataset)
-    if config is None:
-        config, _ = get_preset(preset, in_channels or probed[0])
-    else:
-        if in_channels is not None and int(in_channels) != config.in_channels:
-            raise ValueError(f"in_channels={in_channels} contradicts the config's "
-                             f"{config.in_channels}")
-        preset = None
+    config, preset = _config_for(config, preset, in_channels, probed)
     what = f"the '{preset}' autoencoder config" if preset else "the autoencoder config"
     check_dataset(dataset, config.in_channels, config.image_size, what, probed)
-    if s.entropy_weight < 0:
-        raise ValueError(f"entropy_weight must be >= 0, got {s.entropy_weight}")
-    if not 0.0 <= s.content_mix <= 1.0:
-        raise ValueError(f"content_mix must be a probability in [0, 1], got {s.content_mix}")
-    if s.rec_loss not in ("l1", "mse"):
-        raise ValueError(f"rec_loss must be l1 or mse, got {s.rec_loss!r}")
+    _check_settings(s)
     opts = loop_options(s, out_dir, on_end)
     amp_cfg = resolve_amp(s.amp, info.device)
     configure_cuda(info.device)
     perceptual = load_lpips(s.lpips)
     disc_lr = s.disc_lr or s.lr
-    hyper = dict(batch_size=s.batch_size, lr=s.lr, ema=s.ema, rec_loss=s.rec_loss,
-                 gan_start=s.gan_start, disc_weight=s.disc_weight, disc_lr=disc_lr,
-                 lpips=perceptual is not None, entropy_weight=float(s.entropy_weight),
-                 content_mix=float(s.content_mix), seed=s.seed, amp=amp_cfg.name,
-                 device=str(info.device))
-    out_meta = dict(meta or {})
-    out_meta["training"] = training_record("autoencoder", steps=s.steps, preset=preset,
-                                           dataset=dataset, world_size=info.world_size, **hyper)
+    out_meta = _autoencoder_meta(s, meta, preset, dataset, info, amp_cfg.name, disc_lr,
+                                 lpips=perceptual is not None)
     samples = fixed_batch(dataset, 4, info.device)
     seed_everything(s.seed)  # identical initial weights on every rank
     task = AutoencoderTask(config, info, amp=amp_cfg, lr=s.lr, ema=s.ema, rec_loss=s.rec_loss,
@@ -213,3 +196,40 @@ def train_autoencoder(dataset, out_dir: str | Path, settings: AutoencoderTrainin
                            samples=samples, entropy_weight=s.entropy_weight,
                            content_mix=s.content_mix)
     return run_training(task, dataset, opts)
+
+
+def _config_for(config: AutoencoderConfig | None, preset: str, in_channels: int | None,
+                probed) -> tuple[AutoencoderConfig, str | None]:
+    """``(config, preset)``: the one given (preset None; ``in_channels`` must agree with it) or
+    the preset's for ``in_channels`` (default: the dataset's, ``probed[0]``)."""
+    if config is None:
+        config, _ = get_preset(preset, in_channels or probed[0])
+        return config, preset
+    if in_channels is not None and int(in_channels) != config.in_channels:
+        raise ValueError(f"in_channels={in_channels} contradicts the config's "
+                         f"{config.in_channels}")
+    return config, None
+
+
+def _autoencoder_meta(s: AutoencoderTraining, meta, preset, dataset, info: DistInfo, amp_name: str,
+                      disc_lr: float, lpips: bool) -> dict:
+    """The checkpoint's meta: the caller's ``meta`` and this stage's ``training`` record."""
+    hyper = dict(batch_size=s.batch_size, lr=s.lr, ema=s.ema, rec_loss=s.rec_loss,
+                 gan_start=s.gan_start, disc_weight=s.disc_weight, disc_lr=disc_lr,
+                 lpips=lpips, entropy_weight=float(s.entropy_weight),
+                 content_mix=float(s.content_mix), seed=s.seed, amp=amp_name,
+                 device=str(info.device))
+    out_meta = dict(meta or {})
+    out_meta["training"] = training_record("autoencoder", steps=s.steps, preset=preset,
+                                           dataset=dataset, world_size=info.world_size, **hyper)
+    return out_meta
+
+
+def _check_settings(s: AutoencoderTraining) -> None:
+    """Refuse settings the autoencoder stage cannot train with (one-line ValueError)."""
+    if s.entropy_weight < 0:
+        raise ValueError(f"entropy_weight must be >= 0, got {s.entropy_weight}")
+    if not 0.0 <= s.content_mix <= 1.0:
+        raise ValueError(f"content_mix must be a probability in [0, 1], got {s.content_mix}")
+    if s.rec_loss not in ("l1", "mse"):
+        raise ValueError(f"rec_loss must be l1 or mse, got {s.rec_loss!r}")
