@@ -191,9 +191,7 @@ def train_diffusion(dataset, ae_checkpoint: str | Path, out_dir: str | Path,
     """
     s = replace(settings or DiffusionTraining(), **changes)
     info = start_stage(s)
-    ck = load_checkpoint(ae_checkpoint)
-    if ck.ae_config is None:
-        raise ValueError(f"{ae_checkpoint} holds no autoencoder")
+    ck = _autoencoder_checkpoint(ae_checkpoint)
     cfg, preset = unet_config_for(ck, s.preset, unet_config)
     check_dataset(dataset, ck.ae_config.in_channels, ck.ae_config.image_size,
                   f"the autoencoder in {ae_checkpoint}")
@@ -201,32 +199,44 @@ def train_diffusion(dataset, ae_checkpoint: str | Path, out_dir: str | Path,
     opts = loop_options(s, out_dir, on_end)
     amp_cfg = resolve_amp(s.amp, info.device)
     configure_cuda(info.device)
-    if s.t_max is not None and not 1 <= int(s.t_max) <= schedule.T:
-        raise ValueError(f"t_max must be in 1..{schedule.T}, got {s.t_max}")
-    t_max = int(s.t_max or schedule.T)
+    t_max = _checked_t_max(s.t_max, schedule)
     corruption = s.corruption or Corruption()
-    out_meta = _diffusion_meta(ck, s, preset, dataset, info, amp_cfg.name, t_max, meta,
-                               meta_defaults)
-    cache_codes = "off" if corruption.active and corruption.kind == "image" else s.cache_codes
     init = _init_checkpoint(s.init_unet, cfg) if s.init_unet is not None else None
-    if init is not None:
-        out_meta["training"].update(init_unet=str(init.path), init_unet_sha256=init.sha256)
+    out_meta = _diffusion_meta(ck, s, preset, dataset, info, amp_cfg.name, t_max, meta,
+                               meta_defaults, init)
+    cache_codes = "off" if corruption.active and corruption.kind == "image" else s.cache_codes
     samples = fixed_batch(dataset, 4, info.device)
     seed_everything(s.seed)  # identical initial weights on every rank
     task = DiffusionTask(ck, cfg, schedule, info, amp=amp_cfg, lr=s.lr,
                          weight_decay=s.weight_decay, ema=s.ema, meta=out_meta, samples=samples,
                          sample_L=min(s.sample_L, t_max), t_max=s.t_max, corruption=corruption)
     if init is not None:  # a resumed run's last.pt replaces these weights again
-        task.unet.load_state_dict(init.unet_state)
-        task.state.emas["unet"].shadow.load_state_dict(init.unet_state)
+        _start_from(task, init)
     dataset = _maybe_cache(task, dataset, cache_codes, s.batch_size, info)
     return run_training(task, dataset, opts)
 
 
+def _autoencoder_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint at ``path``, refused when it holds no autoencoder."""
+    ck = load_checkpoint(path)
+    if ck.ae_config is None:
+        raise ValueError(f"{path} holds no autoencoder")
+    return ck
+
+
+def _checked_t_max(t_max: int | None, schedule: BernoulliSchedule) -> int:
+    """The largest training step: ``t_max`` (checked to lie in 1..T) or the schedule's T."""
+    if t_max is not None and not 1 <= int(t_max) <= schedule.T:
+        raise ValueError(f"t_max must be in 1..{schedule.T}, got {t_max}")
+    return int(t_max or schedule.T)
+
+
 def _diffusion_meta(ck: Checkpoint, s: DiffusionTraining, preset, dataset, info: DistInfo,
-                    amp_name: str, t_max: int, meta, meta_defaults) -> dict:
+                    amp_name: str, t_max: int, meta, meta_defaults,
+                    init: Checkpoint | None = None) -> dict:
     """The released model's meta: the autoencoder's (its training record moved aside), the
-    caller's ``meta`` on top, ``meta_defaults`` below, and this stage's ``training`` record."""
+    caller's ``meta`` on top, ``meta_defaults`` below, and this stage's ``training`` record
+    (naming the checkpoint ``init`` whose U-Net starts the run, if any)."""
     out_meta = dict(meta_defaults or {})
     out_meta.update({k: v for k, v in ck.meta.items() if k not in ("training", "trained_with")})
     if "training" in ck.meta:
@@ -241,6 +251,8 @@ def _diffusion_meta(ck: Checkpoint, s: DiffusionTraining, preset, dataset, info:
         amp=amp_name, device=str(info.device))
     out_meta["training"].update(t_max=t_max, corruption=corruption.to_dict(),
                                 corruption_description=corruption.describe())
+    if init is not None:
+        out_meta["training"].update(init_unet=str(init.path), init_unet_sha256=init.sha256)
     out_meta["max_L"] = t_max
     return out_meta
 
@@ -273,3 +285,9 @@ def _init_checkpoint(path: str | Path, cfg: UNetConfig) -> Checkpoint:
         raise ValueError(f"the U-Net in {path} has another config ({init.unet_config.to_dict()}) "
                          f"than this run's ({cfg.to_dict()})")
     return init
+
+
+def _start_from(task: "DiffusionTask", init: Checkpoint) -> None:
+    """Load the U-Net weights of ``init`` into the task's U-Net and its EMA."""
+    task.unet.load_state_dict(init.unet_state)
+    task.state.emas["unet"].shadow.load_state_dict(init.unet_state)
