@@ -170,6 +170,27 @@ def find_brats_case(folder: str | Path, *, require_seg: bool = False) -> dict[st
     root = Path(folder)
     if not root.is_dir():
         raise DataError(root, f"BraTS case folder not found: {root}")
+    found, naming = _scan_case_folder(root)
+    out: dict[str, Path] = {}
+    for mod in BRATS_MODALITIES + ("seg",):
+        files = found.get(mod, [])
+        if not files:
+            if mod != "seg" or require_seg:
+                expected = _expected_file(root, mod, naming)
+                raise DataError(expected, f"missing BraTS modality '{mod}': expected "
+                                          f"{expected.name} in {root}")
+            continue
+        if len(files) > 1:
+            names = ", ".join(f.name for f in files)
+            raise DataError(files[0], f"ambiguous BraTS modality '{mod}' in {root}: {names}")
+        out[mod] = files[0]
+    return out
+
+
+def _scan_case_folder(root: Path) -> tuple[dict[str, list[Path]], tuple[str, str, str, str]]:
+    """``(files per modality, naming)`` of the BraTS files in ``root``; ``naming`` is the
+    folder's most common ``(case prefix, separator, style "2020"/"2023", extension)``. A lone
+    other NIfTI file with "seg" in its name is taken as the segmentation when none is named so."""
     found: dict[str, list[Path]] = {}
     prefixes: Counter[str] = Counter()
     exts: Counter[str] = Counter()
@@ -198,21 +219,14 @@ def find_brats_case(folder: str | Path, *, require_seg: bool = False) -> dict[st
     prefix = prefixes.most_common(1)[0][0] if prefixes else root.name
     ext = exts.most_common(1)[0][0] if exts else ".nii.gz"
     sep, style = styles.most_common(1)[0][0] if styles else ("_", "2020")
-    out: dict[str, Path] = {}
-    for mod in BRATS_MODALITIES + ("seg",):
-        files = found.get(mod, [])
-        if not files:
-            if mod != "seg" or require_seg:
-                token = sep + (_BRATS2023_TOKENS[mod] if style == "2023" else mod)
-                expected = root / f"{prefix}{token}{ext}"
-                raise DataError(expected, f"missing BraTS modality '{mod}': expected "
-                                          f"{expected.name} in {root}")
-            continue
-        if len(files) > 1:
-            names = ", ".join(f.name for f in files)
-            raise DataError(files[0], f"ambiguous BraTS modality '{mod}' in {root}: {names}")
-        out[mod] = files[0]
-    return out
+    return found, (prefix, sep, style, ext)
+
+
+def _expected_file(root: Path, mod: str, naming: tuple[str, str, str, str]) -> Path:
+    """The file modality ``mod`` would have in ``root`` in the folder's ``naming``."""
+    prefix, sep, style, ext = naming
+    token = sep + (_BRATS2023_TOKENS[mod] if style == "2023" else mod)
+    return root / f"{prefix}{token}{ext}"
 
 
 #: Largest difference between the affines of one case's files that still counts as the same grid
