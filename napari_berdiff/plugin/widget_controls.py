@@ -49,6 +49,15 @@ class Controls:
     """All input widgets of :class:`~napari_berdiff.plugin.widget.BerdiffWidget`, grouped."""
 
     def __init__(self, devices: list[str]):
+        self._model_and_input()
+        self._detection_settings()
+        self._run_controls(devices)
+        self._lay_out()
+        self._style()
+        self.scope.changed.connect(self._on_scope)
+
+    def _model_and_input(self) -> None:
+        """The model chooser and the input layers."""
         self.model_choice = ComboBox(label="model", choices=[*BUNDLED_CHOICES, FILE_CHOICE])
         self.model_file = FileEdit(label="checkpoint", mode="r", filter="*.pt", visible=False)
         self.model_info = Label(label="", value="")
@@ -58,6 +67,9 @@ class Controls:
                                       "one layer per channel below")
         self.inputs = Container(labels=True)
         self.input_info = Label(label="", value="")
+
+    def _detection_settings(self) -> None:
+        """L, P, segmentation, steps, seed and the P sweep."""
         self.L = Slider(label="noise level L", min=1, max=1000, value=DEFAULTS.L,
                         tooltip="diffusion steps of noise added to the latent code (1..1000)")
         self.P = FloatSlider(label="threshold P", min=0.0, max=1.0, step=0.01, value=DEFAULTS.P,
@@ -78,6 +90,9 @@ class Controls:
         self.sweep_on = CheckBox(text="sample a P sweep (instant P slider)", value=True)
         self.sweep = LineEdit(label="P sweep", value=format_sweep(DEFAULTS.p_sweep),
                               tooltip="P values sampled in one batch: 0.1, 0.3, 0.5 or 0.1:0.9:0.1")
+
+    def _run_controls(self, devices: list[str]) -> None:
+        """Device, scope, Run / Cancel, status and the view controls."""
         self.device = ComboBox(label="device", choices=devices)
         self.device_info = Label(label="", value="")
         self.scope = ComboBox(label="scope", choices=list(SCOPES))
@@ -94,6 +109,9 @@ class Controls:
         self.grid = PushButton(text="Side by side",
                                tooltip="napari's grid view: input | reconstruction | difference "
                                        "(first channel); press again to undo")
+
+    def _lay_out(self) -> None:
+        """The scrolling settings container and the pinned footer."""
         buttons = Container(widgets=[self.run, self.cancel], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
         # the settings scroll; Run, Cancel and the status line stay pinned below them (the
@@ -105,6 +123,9 @@ class Controls:
             self.scope, self.range_from, self.range_to, self.live, self.evolution_step, self.grid,
         ], labels=True)
         self.footer = Container(widgets=[buttons, self.status], labels=False)
+
+    def _style(self) -> None:
+        """Word wrap, the status line's height, 4 decimals, elided combo boxes."""
         for lab in (self.model_info, self.input_info, self.seg_info, self.device_info, self.status):
             lab.native.setWordWrap(True)
         # the pinned status line keeps room for two lines (a wrapped message is never clipped)
@@ -115,7 +136,6 @@ class Controls:
             spin.setDecimals(4)
         for combo in (self.model_choice, self.multi, self.seg_mode, self.device, self.scope):
             elide_combo(combo)
-        self.scope.changed.connect(self._on_scope)
 
     def _on_scope(self, value):
         self.range_from.visible = self.range_to.visible = value == "slice range"
