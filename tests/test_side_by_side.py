@@ -170,6 +170,7 @@ def test_a_deleted_input_gives_a_warning_not_a_traceback(scan_run):
 def test_the_view_is_fitted_to_the_grid(scan_run):
     viewer, w = scan_run
     viewer.reset_view()
-    one_image = viewer.camera.zoom  # fitted to a single image
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9
+    one_image = camera.zoom  # fitted to a single image
     w.toggle_side_by_side()
-    assert viewer.camera.zoom < 0.6 * one_image  # three images side by side: zoomed out to fit
+    assert camera.zoom < 0.6 * one_image  # three images side by side: zoomed out to fit

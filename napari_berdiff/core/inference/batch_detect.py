@@ -230,8 +230,7 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
     d = detect_item(detector, item, s, spec=slices, batch_size=batch_size, nan_policy=nan_policy,
                     all_slices=all_slices, progress=progress)
     pp = s.post
-    res, amap, idx, data, affine, header = d.res, d.amap, d.slices, d.data, d.affine, d.header
-    vol, ornt, orient = d.vol, d.ornt, d.orient
+    res, amap, idx, affine, header = d.res, d.amap, d.slices, d.affine, d.header
     rec = res.reconstruction[0]  # (n, C, h, w)
     rule = rule_for(detector.meta, pp)
     fg = foreground(res.input)
@@ -244,26 +243,8 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
            if reference is not None and item.annotations else None)
     if ref is None:
         paths.pop("reference", None)
-    rows = [{"slice": int(z), "masked_fraction": float(res.masked_fraction[0, i]),
-             "anomaly_sum": float(amap[i].sum()),  # all from the written (median-filtered) map
-             "anomaly_max": float(amap[i].max()), "seg_pixels": int(seg[i].sum()),
-             "peak": float(per["peak"][i]), "area_calibrated": float(per["area"][i]),
-             "foreground_pixels": int(per["foreground"][i])}
-            for i, z in enumerate(idx)]
-    prov = {"input": str(item.path.resolve()), "input_kind": item.kind, "name": item.name,
-            **({"input_info": item.info} if item.info else {}),
-            "outputs": {k: p.name for k, p in paths.items()},
-            "shape": list(data.shape), "nan_policy": nan_policy,
-            "slices": idx if len(idx) <= 4096 else [idx[0], idx[-1]],
-            "slices_rule": d.slices_rule,
-            "segmentation": {"map": f"sum_c median_filter((x - x_rec)^2, {pp.median_size})",
-                             **rule.to_dict(), "min_size": pp.min_size,
-                             "connectivity": pp.connectivity},
-            "triage": {**scores, "slices": len(idx), "seg_pixels": int(seg.sum()),
-                       "rules": TRIAGE_RULES},
-            "affine": None if affine is None else np.asarray(affine).tolist(),
-            "orientation": orient,
-            "detector": res.provenance, "command": " ".join(sys.argv), **(extra or {})}
+    rows = _slice_rows(res.masked_fraction[0], amap, seg, per, idx)
+    prov = _provenance(item, d, paths, nan_policy, rule, pp, scores, seg, extra)
     spread = getattr(res, "spread", None)
     spread = None if spread is None else spread[0]
     with AtomicFiles() as files:
@@ -275,13 +256,43 @@ def run_item(detector, item: InputItem, out_dir, s: DetectSettings, *,
                        ("recon", rec, np.float32)]
             if spread is not None:
                 outputs.append(("spread", spread, np.float32))
-            _write_volume(files, paths, outputs, idx, vol.shape[-1], ornt, affine, header)
+            _write_volume(files, paths, outputs, idx, d.vol.shape[-1], d.ornt, affine, header)
         _write_tables(files, paths, rows, prov)
         if ref is not None:
             files.temp(paths["reference"]).write_text(json.dumps(_reference_record(
                 item, ref, idx, prov["segmentation"]), indent=2, allow_nan=False) + "\n")
     return {"name": item.name, "slices": len(idx), "seg_pixels": int(seg.sum()),
             "outputs": [str(p) for p in paths.values()], "scores": scores, "reference": ref}
+
+
+def _slice_rows(fractions, amap, seg, per, idx) -> list[dict]:
+    """``scores.csv``'s rows: one per detected slice, all from the written (median-filtered) map."""
+    return [{"slice": int(z), "masked_fraction": float(fractions[i]),
+             "anomaly_sum": float(amap[i].sum()), "anomaly_max": float(amap[i].max()),
+             "seg_pixels": int(seg[i].sum()), "peak": float(per["peak"][i]),
+             "area_calibrated": float(per["area"][i]),
+             "foreground_pixels": int(per["foreground"][i])}
+            for i, z in enumerate(idx)]
+
+
+def _provenance(item, d, paths, nan_policy, rule, pp, scores, seg, extra) -> dict:
+    """The ``provenance.json`` record of one input's detection ``d`` (a :func:`detect_item`
+    result) and the files ``paths`` it is written to."""
+    idx = d.slices
+    return {"input": str(item.path.resolve()), "input_kind": item.kind, "name": item.name,
+            **({"input_info": item.info} if item.info else {}),
+            "outputs": {k: p.name for k, p in paths.items()},
+            "shape": list(d.data.shape), "nan_policy": nan_policy,
+            "slices": idx if len(idx) <= 4096 else [idx[0], idx[-1]],
+            "slices_rule": d.slices_rule,
+            "segmentation": {"map": f"sum_c median_filter((x - x_rec)^2, {pp.median_size})",
+                             **rule.to_dict(), "min_size": pp.min_size,
+                             "connectivity": pp.connectivity},
+            "triage": {**scores, "slices": len(idx), "seg_pixels": int(seg.sum()),
+                       "rules": TRIAGE_RULES},
+            "affine": None if d.affine is None else np.asarray(d.affine).tolist(),
+            "orientation": d.orient,
+            "detector": d.res.provenance, "command": " ".join(sys.argv), **(extra or {})}
 
 
 def _finite(obj):
