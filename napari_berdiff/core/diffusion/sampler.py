@@ -120,17 +120,8 @@ def masked_sampler(
     Returns (as the generator's return value) a :class:`SamplerOutput` whose trajectory
     ``b * K + k`` belongs to image ``b`` and threshold ``k``.
     """
-    if z.dim() != 4:
-        raise ValueError(f"z must be (B, C, h, w), got shape {tuple(z.shape)}")
-    L = int(L)
-    if not 1 <= L <= schedule.T:
-        raise ValueError(f"noise level L must lie in 1..{schedule.T}, got {L}")
+    L, p_list = _checked_args(z, schedule, L, thresholds)
     grid = step_grid(L, steps)
-    p_list = [float(thresholds)] if np.isscalar(thresholds) else [float(p) for p in thresholds]
-    if not p_list:
-        raise ValueError("need at least one threshold P")
-    if any(np.isnan(p) for p in p_list):
-        raise ValueError("threshold P must not be NaN")
     B, K = z.shape[0], len(p_list)
     image_seeds = resolve_seeds(seeds, B)
     device = z.device
@@ -155,12 +146,7 @@ def masked_sampler(
         t, s = grid[i], grid[i + 1]
         with torch.inference_mode():
             t_vec = torch.full((B * K,), t, dtype=torch.long, device=device)
-            if n_active == B * K:
-                eps_hat = model(z_t, t_vec).to(work)
-            else:  # P >= 1 never masks: skip the network for those trajectories (eps_hat = 0)
-                eps_hat = torch.zeros_like(z_t)
-                if n_active:
-                    eps_hat[active] = model(z_t[active], t_vec[active]).to(work)
+            eps_hat = _flip_probabilities(model, z_t, t_vec, active, n_active == B * K)
             x0_hat = (z_t - eps_hat).abs()
             mask = mask | (eps_hat > thr4) | mask_all
             x0_st = torch.where(mask, x0_hat, z_in)
@@ -178,6 +164,32 @@ def masked_sampler(
     with torch.inference_mode():
         frac = mask.flatten(1).float().mean(dim=1)
     return SamplerOutput(z0=z_t, mask=mask, masked_fraction=frac, thresholds=thr)
+
+
+def _checked_args(z, schedule, L, thresholds) -> tuple[int, list[float]]:
+    """``(L, [P, ...])`` of :func:`masked_sampler`'s arguments, or ValueError naming the bad one."""
+    if z.dim() != 4:
+        raise ValueError(f"z must be (B, C, h, w), got shape {tuple(z.shape)}")
+    L = int(L)
+    if not 1 <= L <= schedule.T:
+        raise ValueError(f"noise level L must lie in 1..{schedule.T}, got {L}")
+    p_list = [float(thresholds)] if np.isscalar(thresholds) else [float(p) for p in thresholds]
+    if not p_list:
+        raise ValueError("need at least one threshold P")
+    if any(np.isnan(p) for p in p_list):
+        raise ValueError("threshold P must not be NaN")
+    return L, p_list
+
+
+def _flip_probabilities(model, z_t, t_vec, active, all_active: bool) -> torch.Tensor:
+    """``eps_hat`` of the trajectories; those with P >= 1 (not ``active``) never mask, so the
+    network is skipped for them and their ``eps_hat`` is 0."""
+    if all_active:
+        return model(z_t, t_vec).to(z_t.dtype)
+    eps_hat = torch.zeros_like(z_t)
+    if bool(active.any()):
+        eps_hat[active] = model(z_t[active], t_vec[active]).to(z_t.dtype)
+    return eps_hat
 
 
 def resolve_seeds(seeds: Sequence[int] | int | torch.Generator, n: int) -> list[int]:
