@@ -1,6 +1,6 @@
 # issue 14: fine-tune the shipped v4 BraTS-like U-Net with --corruption image (resumable: rerun)
 set -e
-cd /work/main
+cd "$(dirname "$0")/../../.."  # the repository root
 B=.venv/bin/berdiff
 date
 [ -d data/synth_brats_train ] || $B synth-brats data/synth_brats_train --healthy 30 --tumour 40 --cavity 10 --ventricle 10 --seed 1234 --quiet
