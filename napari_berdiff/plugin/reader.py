@@ -19,7 +19,7 @@ import numpy as np
 
 from .layers import volume_layer_kwargs  # noqa: F401 (sample_data imports it from here)
 from ..core.io.input_kinds import file_input_kind, folder_input_kind, unsupported_reason
-from ..core.io.files import IMAGE_EXTENSIONS, DataError, is_nifti
+from ..core.io.files import IMAGE_EXTENSIONS, DataError, is_nifti, subfolders
 from ..core.io.images import load_image_2d
 from ..core.io.readers import (BRATS_CASE_SUFFIXES, BRATS_MODALITIES, brats_modality_of,
                                 find_brats_case, load_nifti)
@@ -99,7 +99,7 @@ MAX_PARENT_IMAGES = 400  # an OCT2017-style root opens as one stack per class up
 def read_parent_folder(folder: Path) -> list[LayerData]:
     """A folder of case folders or of image folders (an OCT2017 root with NORMAL/, DRUSEN/, ...):
     image folders open as one stack each while they are small; BraTS case folders one at a time."""
-    subs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    subs = subfolders(folder)
     kinds = {d: _folder_kind_flat(d) for d in subs}
     cases = [d for d, k in kinds.items() if k == "brats"]
     if cases:
@@ -195,7 +195,7 @@ def _folder_kind(folder: Path) -> str | None:
     if flat:
         return flat
     try:
-        subs = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        subs = subfolders(folder)
     except OSError:
         return None
     return "parent" if any(_folder_kind_flat(d) for d in subs) else None

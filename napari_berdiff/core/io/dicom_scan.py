@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .dicom_geometry import check_series
 from .dicom_series import DicomSeries, require_pydicom, short_reason
-from .files import DataError
+from .files import DataError, subfolders
 
 __all__ = ["DICOM_EXTENSIONS", "is_dicom_file", "dicom_folder_kind", "scan_dicom"]
 
@@ -56,7 +56,7 @@ def dicom_folder_kind(folder: str | Path) -> str | None:
     except OSError:
         return None
     try:
-        subs = [s for s in d.iterdir() if s.is_dir() and not s.name.startswith(".")]
+        subs = subfolders(d)
     except OSError:
         return None
     with_files = []
@@ -91,8 +91,7 @@ def scan_dicom(path: str | Path) -> list[DicomSeries]:
     if p.is_file():
         files, only = _dicom_files(p.parent), p
     elif dicom_folder_kind(p) == "study":
-        files, only = sorted(f for s in sorted(p.iterdir()) if s.is_dir() and not s.name.startswith(".")
-                             for f in _dicom_files(s)), None
+        files, only = sorted(f for s in subfolders(p) for f in _dicom_files(s)), None
     else:
         files, only = _dicom_files(p), None
     if not files:

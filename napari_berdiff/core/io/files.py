@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DataError", "NIFTI_EXTENSIONS", "IMAGE_EXTENSIONS", "is_nifti", "is_image",
+__all__ = ["DataError", "subfolders", "NIFTI_EXTENSIONS", "IMAGE_EXTENSIONS", "is_nifti", "is_image",
            "is_mask_folder", "check_file", "strip_extension"]
 
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
@@ -51,6 +51,11 @@ def check_file(path: str | Path, what: str) -> Path:
     return p
 
 
+
+
+def subfolders(folder: str | Path) -> list[Path]:
+    """The folder's sub-folders, hidden ones (``.name``) left out, sorted; OSError as iterdir."""
+    return sorted(d for d in Path(folder).iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def strip_extension(name: str) -> str:
