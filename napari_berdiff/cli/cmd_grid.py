@@ -98,7 +98,7 @@ def run(args) -> int:
     check_outputs(files.values(), args.overwrite)  # before any slow import or work
     from ..core.diffusion.thresholds import unique_ps
     from ..core.evaluation.grid import grid_sweep
-    from ..core.evaluation.report import to_jsonable
+    from ..core.io.jsonable import to_jsonable
     from .cmd_evaluate import load_splits
 
     Ls, Ps = sorted(set(args.L)), unique_ps(args.P)

@@ -8,11 +8,11 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..io.atomic import atomic_write_text
+from ..io.jsonable import to_jsonable
 from ..io.outputs import check_outputs
 
 __all__ = ["write_reports", "markdown_table", "report_files", "anomaly_kinds", "pick_slices",
@@ -28,26 +28,6 @@ CSV_COLUMNS = ("method", "P", "paper_dice", "paper_dice_std", "paper_auprc", "pa
                "image_auroc_area_calibrated", "seconds_per_image", "peak_mem_mb", "mem_kind")
 LABELS = {"masked": "masked Bernoulli", "unmasked": "unmasked (P=0)",
           "ae_only": "autoencoder only", "threshold": "intensity threshold"}
-
-
-def to_jsonable(o: Any) -> Any:
-    """Plain JSON types; NaN and infinities become null."""
-    if isinstance(o, dict):
-        return {str(k): to_jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [to_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return to_jsonable(o.tolist())
-    if isinstance(o, (np.bool_, bool)):
-        return bool(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (float, np.floating)):
-        f = float(o)
-        return f if math.isfinite(f) else None
-    if isinstance(o, Path):
-        return str(o)
-    return o
 
 
 def _f(v, digits: int = 3) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..io.atomic import AtomicFiles
+from ..io.jsonable import to_jsonable
 from ..io.discovery import parse_slices
 from ..io.outputs import OUTPUT_TAG, output_paths
 from ..io.files import DataError
@@ -295,20 +296,9 @@ def _provenance(item, d, paths, nan_policy, rule, pp, scores, seg, extra) -> dic
             "detector": d.res.provenance, "command": " ".join(sys.argv), **(extra or {})}
 
 
-def _finite(obj):
-    """Nested dicts / lists with NaN and infinities as None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
 def _reference_record(item: InputItem, ref: dict, idx: list[int], segmentation: dict) -> dict:
     return {"input": str(item.path.resolve()), "name": item.name,
-            "figures": _finite(ref),
+            "figures": to_jsonable(ref),
             "about": "per annotation: Dice and AUPRC of the written segmentation and anomaly map "
                      "against the file's annotation, over the B-scans run that hold annotated "
                      "pixels (mean, std, n: the paper protocol) and over all their pixels "
